@@ -1,0 +1,301 @@
+//! The plugin configuration (a policy bundle) as JSON, and its compilation into an [`Engine`].
+//!
+//! This is what Envoy's `configuration` and Istio's `pluginConfig` deliver. Unknown fields are errors,
+//! and every error names the field it concerns, so a refused configuration says what to fix.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::engine::Engine;
+use crate::policy::{Effect, Glob, HostPattern, Methods, PathPattern, Policy, Rule};
+use crate::token::{Algorithm, Issuer, Issuers};
+
+/// Why a configuration was refused: the field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// Where, as a path such as `issuers[0].audiences`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { field: field.into(), message: message.into() }
+    }
+}
+
+/// A policy bundle: issuers to trust, rules to enforce, and plugin settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleConfig {
+    /// The bundle's name, reported in load records and audit lines.
+    pub name: String,
+    /// A version label (for example a Git revision).
+    #[serde(default)]
+    pub version: String,
+    /// Trusted issuers.
+    pub issuers: Vec<IssuerConfig>,
+    /// Access rules; anything they do not allow is denied.
+    pub rules: Vec<RuleConfig>,
+    /// Plugin settings.
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+/// A trusted token issuer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Short name, used by rules (`issuers`) and in audit records.
+    pub name: String,
+    /// The exact `iss` claim value.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one of them.
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA).
+    pub algorithms: Vec<String>,
+    /// The issuer's public keys as a JWK Set (`{"keys": [...]}`).
+    pub jwks: JwkSet,
+    /// Tolerated clock difference for `exp`, `nbf` and `iat`, in seconds (at most 300).
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: u64,
+}
+
+/// A JWK Set (RFC 7517 section 5).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct JwkSet {
+    /// The keys; each is checked on its own, and an unusable one is skipped with a warning.
+    pub keys: Vec<Value>,
+}
+
+/// One access rule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique id, reported in every decision the rule makes.
+    pub id: String,
+    /// What the rule is for.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Who answers for the rule.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    /// `allow` (default) or `deny`; deny wins over allow.
+    #[serde(default)]
+    pub effect: Effect,
+    /// Hosts: exact names, `*.domain` or `*`; case-insensitive, port ignored.
+    pub hosts: Vec<String>,
+    /// HTTP methods, exact and case-sensitive (`GET`, `PUT`, ...), or `*`.
+    pub methods: Vec<String>,
+    /// Paths: `{"exact": "/v2/"}` or `{"prefix": "/v2/dev/"}`.
+    pub paths: Vec<PathPattern>,
+    /// Subjects (`sub`) this rule applies to; `*` matches any run of characters.
+    pub subjects: Vec<String>,
+    /// Issuer names this rule is limited to; empty means any configured issuer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<String>,
+}
+
+/// Plugin settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Upstream header that carries the verified subject; a client-supplied copy is always removed.
+    pub identity_header: String,
+    /// Upstream header that carries the verified issuer name; a client-supplied copy is removed.
+    pub issuer_header: String,
+    /// The `realm` of `WWW-Authenticate` challenges.
+    pub realm: String,
+    /// Tokens longer than this many bytes are rejected before any decoding.
+    pub max_token_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            identity_header: "x-meshward-subject".into(),
+            issuer_header: "x-meshward-issuer".into(),
+            realm: "meshward".into(),
+            max_token_bytes: 8192,
+        }
+    }
+}
+
+fn default_clock_skew() -> u64 {
+    30
+}
+
+impl BundleConfig {
+    /// Parses a bundle from JSON, naming the field of any error.
+    pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let bundle = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { "configuration".to_string() } else { field };
+            ConfigError::new(field, e.into_inner().to_string())
+        })?;
+        de.end().map_err(|e| ConfigError::new("configuration", e.to_string()))?;
+        Ok(bundle)
+    }
+
+    /// Checks and compiles the bundle. Returns the engine and warnings (such as skipped keys).
+    pub fn compile(self) -> Result<(Engine, Vec<String>), ConfigError> {
+        let mut warnings = Vec::new();
+        if self.name.trim().is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        let s = &self.settings;
+        for (field, value) in [("identity_header", &s.identity_header), ("issuer_header", &s.issuer_header)] {
+            if !is_header_name(value) {
+                return Err(ConfigError::new(
+                    format!("settings.{field}"),
+                    format!("{value:?} is not a lower-case HTTP header name"),
+                ));
+            }
+        }
+        if !(256..=65536).contains(&s.max_token_bytes) {
+            return Err(ConfigError::new("settings.max_token_bytes", "must be between 256 and 65536"));
+        }
+        if s.realm.contains(['"', '\\']) || s.realm.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                "settings.realm",
+                "must not contain quotes, backslashes or controls",
+            ));
+        }
+
+        if self.issuers.is_empty() {
+            return Err(ConfigError::new("issuers", "at least one issuer is required"));
+        }
+        let mut issuers = Vec::new();
+        let mut names = HashSet::new();
+        let mut iss_values = HashSet::new();
+        for (i, cfg) in self.issuers.into_iter().enumerate() {
+            let at = |f: &str| format!("issuers[{i}].{f}");
+            if cfg.name.is_empty() || !names.insert(cfg.name.clone()) {
+                return Err(ConfigError::new(at("name"), "must be non-empty and unique"));
+            }
+            if cfg.issuer.is_empty() || !iss_values.insert(cfg.issuer.clone()) {
+                return Err(ConfigError::new(at("issuer"), "must be non-empty and unique"));
+            }
+            if cfg.audiences.is_empty() || cfg.audiences.iter().any(String::is_empty) {
+                return Err(ConfigError::new(at("audiences"), "at least one non-empty audience is required"));
+            }
+            if cfg.algorithms.is_empty() {
+                return Err(ConfigError::new(at("algorithms"), "at least one algorithm is required"));
+            }
+            let mut algorithms = Vec::new();
+            for (j, name) in cfg.algorithms.iter().enumerate() {
+                let alg = Algorithm::from_name(name).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("issuers[{i}].algorithms[{j}]"),
+                        format!("unsupported algorithm {name:?} (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA)"),
+                    )
+                })?;
+                algorithms.push(alg);
+            }
+            if cfg.clock_skew_seconds > 300 {
+                return Err(ConfigError::new(at("clock_skew_seconds"), "must be at most 300"));
+            }
+            let (issuer, skipped) = Issuer::new(
+                cfg.name,
+                cfg.issuer,
+                cfg.audiences,
+                algorithms,
+                &cfg.jwks.keys,
+                cfg.clock_skew_seconds,
+            )
+            .map_err(|e| ConfigError::new(at("jwks"), e))?;
+            warnings.extend(skipped.into_iter().map(|w| format!("issuers[{i}].{w}")));
+            issuers.push(issuer);
+        }
+
+        let mut rules = Vec::new();
+        let mut ids = HashSet::new();
+        for (i, cfg) in self.rules.into_iter().enumerate() {
+            rules.push(compile_rule(i, cfg, &names, &mut ids)?);
+        }
+        let issuers = Issuers::new(issuers, self.settings.max_token_bytes);
+        let engine = Engine::new(self.name, self.version, issuers, Policy::new(rules), self.settings);
+        Ok((engine, warnings))
+    }
+}
+
+fn compile_rule(
+    i: usize,
+    cfg: RuleConfig,
+    issuer_names: &HashSet<String>,
+    ids: &mut HashSet<String>,
+) -> Result<Rule, ConfigError> {
+    let at = |f: &str| format!("rules[{i}].{f}");
+    if cfg.id.is_empty() || !ids.insert(cfg.id.clone()) {
+        return Err(ConfigError::new(at("id"), "must be non-empty and unique"));
+    }
+    let non_empty = |field: &str, empty: bool| {
+        if empty {
+            Err(ConfigError::new(at(field), "must not be empty (a rule that matches nothing is a mistake)"))
+        } else {
+            Ok(())
+        }
+    };
+    non_empty("hosts", cfg.hosts.is_empty())?;
+    non_empty("methods", cfg.methods.is_empty())?;
+    non_empty("paths", cfg.paths.is_empty())?;
+    non_empty("subjects", cfg.subjects.is_empty())?;
+    let hosts = cfg
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(j, h)| {
+            HostPattern::parse(h).map_err(|e| ConfigError::new(format!("rules[{i}].hosts[{j}]"), e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let methods = if cfg.methods.iter().any(|m| m == "*") {
+        Methods::Any
+    } else {
+        for (j, m) in cfg.methods.iter().enumerate() {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(ConfigError::new(
+                    format!("rules[{i}].methods[{j}]"),
+                    format!("{m:?} is not an upper-case method name"),
+                ));
+            }
+        }
+        Methods::List(cfg.methods)
+    };
+    for (j, p) in cfg.paths.iter().enumerate() {
+        p.validate().map_err(|e| ConfigError::new(format!("rules[{i}].paths[{j}]"), e))?;
+    }
+    let subjects = cfg
+        .subjects
+        .iter()
+        .enumerate()
+        .map(|(j, s)| Glob::new(s).map_err(|e| ConfigError::new(format!("rules[{i}].subjects[{j}]"), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (j, name) in cfg.issuers.iter().enumerate() {
+        if !issuer_names.contains(name) {
+            return Err(ConfigError::new(
+                format!("rules[{i}].issuers[{j}]"),
+                format!("no issuer is named {name:?}"),
+            ));
+        }
+    }
+    Ok(Rule {
+        id: cfg.id,
+        effect: cfg.effect,
+        hosts,
+        methods,
+        paths: cfg.paths,
+        subjects,
+        issuers: cfg.issuers,
+    })
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(':')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}

@@ -1,0 +1,187 @@
+//! The outcome of authorizing one request: allow or deny, the deciding rule and a stable reason code.
+
+use serde::Serialize;
+
+/// Why a request was allowed or denied. The `code()` strings are a stable, documented interface:
+/// they appear in deny bodies, audit records and metrics, so never rename one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "&'static str")]
+pub enum Reason {
+    /// A rule allowed the request.
+    Allowed,
+    /// No token was presented.
+    TokenMissing,
+    /// More than one token was presented (repeated or comma-joined `Authorization`).
+    TokenMultiple,
+    /// The token is larger than the configured maximum.
+    TokenTooLarge,
+    /// The token is not a well-formed compact JWS.
+    TokenMalformed,
+    /// The token's `iss` is missing or names no configured issuer.
+    TokenIssuerUnknown,
+    /// The token's `alg` is not in the issuer's allow-list.
+    TokenAlgorithmNotAllowed,
+    /// No configured key of the issuer fits the token's `kid` and `alg`.
+    TokenKeyUnknown,
+    /// The signature does not verify.
+    TokenSignatureInvalid,
+    /// `exp` is in the past, beyond the clock skew.
+    TokenExpired,
+    /// `nbf` or `iat` is in the future, beyond the clock skew.
+    TokenNotYetValid,
+    /// The token has no `exp` and the issuer requires one.
+    TokenExpiryMissing,
+    /// `aud` is missing or names none of the issuer's audiences.
+    TokenAudienceInvalid,
+    /// A claim the issuer relies on is missing or has the wrong type.
+    TokenClaimInvalid,
+    /// The token is valid but no rule allows this request (default deny).
+    PolicyNoMatch,
+    /// A deny rule matched the request.
+    PolicyDenied,
+    /// The request path is ambiguous (dot segments, encoded slashes, control characters ...).
+    RequestPathRejected,
+    /// The request lacks a method, path or host, or uses a method that cannot be authorized.
+    RequestMalformed,
+    /// Something went wrong inside the plugin; the request is denied (fail closed).
+    InternalError,
+}
+
+impl Reason {
+    /// The stable, machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::TokenMissing => "token_missing",
+            Reason::TokenMultiple => "token_multiple",
+            Reason::TokenTooLarge => "token_too_large",
+            Reason::TokenMalformed => "token_malformed",
+            Reason::TokenIssuerUnknown => "token_issuer_unknown",
+            Reason::TokenAlgorithmNotAllowed => "token_algorithm_not_allowed",
+            Reason::TokenKeyUnknown => "token_key_unknown",
+            Reason::TokenSignatureInvalid => "token_signature_invalid",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenNotYetValid => "token_not_yet_valid",
+            Reason::TokenExpiryMissing => "token_expiry_missing",
+            Reason::TokenAudienceInvalid => "token_audience_invalid",
+            Reason::TokenClaimInvalid => "token_claim_invalid",
+            Reason::PolicyNoMatch => "policy_no_matching_rule",
+            Reason::PolicyDenied => "policy_denied",
+            Reason::RequestPathRejected => "request_path_rejected",
+            Reason::RequestMalformed => "request_malformed",
+            Reason::InternalError => "internal_error",
+        }
+    }
+
+    /// The HTTP status a denial with this reason is answered with.
+    pub fn http_status(self) -> u32 {
+        match self {
+            Reason::Allowed => 200,
+            Reason::PolicyNoMatch | Reason::PolicyDenied => 403,
+            Reason::RequestPathRejected | Reason::RequestMalformed => 400,
+            Reason::InternalError => 500,
+            _ => 401,
+        }
+    }
+
+    /// True for the reasons that concern the token, answered with 401 and `WWW-Authenticate`.
+    pub fn is_token_problem(self) -> bool {
+        self.http_status() == 401
+    }
+
+    /// Every reason, for documentation, metrics and tests.
+    pub const ALL: [Reason; 19] = [
+        Reason::Allowed,
+        Reason::TokenMissing,
+        Reason::TokenMultiple,
+        Reason::TokenTooLarge,
+        Reason::TokenMalformed,
+        Reason::TokenIssuerUnknown,
+        Reason::TokenAlgorithmNotAllowed,
+        Reason::TokenKeyUnknown,
+        Reason::TokenSignatureInvalid,
+        Reason::TokenExpired,
+        Reason::TokenNotYetValid,
+        Reason::TokenExpiryMissing,
+        Reason::TokenAudienceInvalid,
+        Reason::TokenClaimInvalid,
+        Reason::PolicyNoMatch,
+        Reason::PolicyDenied,
+        Reason::RequestPathRejected,
+        Reason::RequestMalformed,
+        Reason::InternalError,
+    ];
+}
+
+impl From<Reason> for &'static str {
+    fn from(reason: Reason) -> Self {
+        reason.code()
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// The verdict on one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may go upstream.
+    pub allowed: bool,
+    /// Why.
+    pub reason: Reason,
+    /// The id of the rule that decided, or `None` when no rule did (token problems, default deny).
+    pub rule_id: Option<String>,
+}
+
+impl Decision {
+    /// An allow by the given rule.
+    pub fn allow(rule_id: &str) -> Self {
+        Decision { allowed: true, reason: Reason::Allowed, rule_id: Some(rule_id.to_owned()) }
+    }
+
+    /// A denial that no rule decided.
+    pub fn deny(reason: Reason) -> Self {
+        Decision { allowed: false, reason, rule_id: None }
+    }
+
+    /// A denial by the given rule.
+    pub fn deny_by(reason: Reason, rule_id: &str) -> Self {
+        Decision { allowed: false, reason, rule_id: Some(rule_id.to_owned()) }
+    }
+
+    /// The rule id for display: the deciding rule, or `default-deny` / `-`.
+    pub fn rule_label(&self) -> &str {
+        match (&self.rule_id, self.reason) {
+            (Some(id), _) => id,
+            (None, Reason::PolicyNoMatch) => "default-deny",
+            (None, _) => "-",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_codes_are_unique_and_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for reason in Reason::ALL {
+            let code = reason.code();
+            assert!(seen.insert(code), "duplicate code {code}");
+            assert!(code.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{code}");
+        }
+    }
+
+    #[test]
+    fn statuses_follow_the_kind_of_problem() {
+        assert_eq!(Reason::TokenExpired.http_status(), 401);
+        assert_eq!(Reason::PolicyNoMatch.http_status(), 403);
+        assert_eq!(Reason::RequestPathRejected.http_status(), 400);
+        assert!(Reason::TokenMissing.is_token_problem());
+        assert!(!Reason::PolicyDenied.is_token_problem());
+    }
+}

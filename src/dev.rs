@@ -1,0 +1,195 @@
+//! Development helpers: signing keys, JWKS and test tokens. NOT FOR PRODUCTION: keys are kept in
+//! plain files, and the demo key is derived from a public constant so anyone can mint demo tokens.
+//!
+//! Used by `meshward dev`, the tests, the benches and `make run`.
+
+use jwt_simple::prelude::*;
+use serde_json::{json, Map, Value};
+
+use crate::token::Algorithm;
+
+/// The demo signing key's scalar. Public on purpose: it only ever signs demo tokens.
+const DEMO_ES256_SCALAR: &[u8; 32] = b"meshward demo key: never trust!!";
+
+/// A private signing key for one algorithm, with its key id.
+#[allow(clippy::large_enum_variant)] // a handful exist at a time
+pub enum SigningKey {
+    RS256(RS256KeyPair),
+    ES256(ES256KeyPair),
+    EdDSA(Ed25519KeyPair),
+}
+
+/// An error of the development helpers.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DevError(String);
+
+fn dev_err(e: impl std::fmt::Display) -> DevError {
+    DevError(e.to_string())
+}
+
+/// What goes into a test token. Times are unix seconds; `None` leaves the claim out.
+#[derive(Clone, Debug, Default)]
+pub struct TokenSpec {
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub audiences: Vec<String>,
+    pub issued_at: Option<u64>,
+    pub expires_at: Option<u64>,
+    pub not_before: Option<u64>,
+    pub token_id: Option<String>,
+    /// Further claims, merged into the payload.
+    pub claims: Map<String, Value>,
+}
+
+impl TokenSpec {
+    /// A typical short-lived workload token: issued `now`, valid for `ttl` seconds.
+    pub fn new(issuer: &str, subject: &str, audience: &str, now: u64, ttl: u64) -> Self {
+        TokenSpec {
+            issuer: Some(issuer.into()),
+            subject: Some(subject.into()),
+            audiences: vec![audience.into()],
+            issued_at: Some(now),
+            expires_at: Some(now + ttl),
+            ..Default::default()
+        }
+    }
+}
+
+impl SigningKey {
+    /// Generates a fresh key (RS256 uses a 2048-bit modulus).
+    pub fn generate(alg: Algorithm, kid: &str) -> Result<Self, DevError> {
+        Ok(match alg {
+            Algorithm::RS256 => {
+                SigningKey::RS256(RS256KeyPair::generate(2048).map_err(dev_err)?.with_key_id(kid))
+            }
+            Algorithm::ES256 => SigningKey::ES256(ES256KeyPair::generate().with_key_id(kid)),
+            Algorithm::EdDSA => SigningKey::EdDSA(Ed25519KeyPair::generate().with_key_id(kid)),
+            other => return Err(DevError(format!("dev keys support RS256, ES256 and EdDSA, not {other}"))),
+        })
+    }
+
+    /// The well-known demo key (ES256). Anyone can mint tokens with it: demos only.
+    pub fn demo(kid: &str) -> Self {
+        // A fixed in-range scalar: construction cannot fail, but fall back to a fresh key if it did.
+        match ES256KeyPair::from_bytes(DEMO_ES256_SCALAR) {
+            Ok(k) => SigningKey::ES256(k.with_key_id(kid)),
+            Err(_) => SigningKey::ES256(ES256KeyPair::generate().with_key_id(kid)),
+        }
+    }
+
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            SigningKey::RS256(_) => Algorithm::RS256,
+            SigningKey::ES256(_) => Algorithm::ES256,
+            SigningKey::EdDSA(_) => Algorithm::EdDSA,
+        }
+    }
+
+    fn kid(&self) -> Option<&str> {
+        match self {
+            SigningKey::RS256(k) => k.key_id().as_deref(),
+            SigningKey::ES256(k) => k.key_id().as_deref(),
+            SigningKey::EdDSA(k) => k.key_id().as_deref(),
+        }
+    }
+
+    /// The public half as a JWK with `kid`, `alg` and `use: sig`.
+    pub fn public_jwk(&self) -> Value {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let mut jwk = match self {
+            SigningKey::RS256(k) => {
+                let c = k.public_key().to_components();
+                json!({"kty": "RSA", "n": b64(&c.n), "e": b64(&c.e)})
+            }
+            SigningKey::ES256(k) => {
+                let point = k.public_key().public_key().to_bytes_uncompressed();
+                let (x, y) = (point.get(1..33).unwrap_or_default(), point.get(33..65).unwrap_or_default());
+                json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)})
+            }
+            SigningKey::EdDSA(k) => {
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&k.public_key().to_bytes())})
+            }
+        };
+        if let Value::Object(map) = &mut jwk {
+            if let Some(kid) = self.kid() {
+                map.insert("kid".into(), kid.into());
+            }
+            map.insert("alg".into(), self.algorithm().name().into());
+            map.insert("use".into(), "sig".into());
+        }
+        jwk
+    }
+
+    /// Signs a token for the spec.
+    pub fn sign(&self, spec: &TokenSpec) -> Result<String, DevError> {
+        let audiences = match spec.audiences.as_slice() {
+            [] => None,
+            [one] => Some(Audiences::AsString(one.clone())),
+            many => Some(Audiences::AsSet(many.iter().cloned().collect())),
+        };
+        let claims = JWTClaims {
+            issued_at: spec.issued_at.map(UnixTimeStamp::from_secs),
+            expires_at: spec.expires_at.map(UnixTimeStamp::from_secs),
+            invalid_before: spec.not_before.map(UnixTimeStamp::from_secs),
+            issuer: spec.issuer.clone(),
+            subject: spec.subject.clone(),
+            audiences,
+            jwt_id: spec.token_id.clone(),
+            nonce: None,
+            custom: spec.claims.clone(),
+        };
+        match self {
+            SigningKey::RS256(k) => k.sign(claims),
+            SigningKey::ES256(k) => k.sign(claims),
+            SigningKey::EdDSA(k) => k.sign(claims),
+        }
+        .map_err(dev_err)
+    }
+
+    /// The key as a small JSON document (algorithm, kid, PKCS#8 PEM) for `meshward dev`.
+    pub fn to_file(&self) -> Result<String, DevError> {
+        let pem = match self {
+            SigningKey::RS256(k) => k.to_pem().map_err(dev_err)?,
+            SigningKey::ES256(k) => k.to_pem().map_err(dev_err)?,
+            SigningKey::EdDSA(k) => k.to_pem(),
+        };
+        let doc = json!({
+            "warning": "development key made by `meshward dev keygen`; not for production",
+            "alg": self.algorithm().name(),
+            "kid": self.kid(),
+            "pem": pem,
+        });
+        serde_json::to_string_pretty(&doc).map_err(dev_err)
+    }
+
+    /// Reads a key written by [`SigningKey::to_file`].
+    pub fn from_file(text: &str) -> Result<Self, DevError> {
+        let doc: Value = serde_json::from_str(text).map_err(dev_err)?;
+        let field = |name: &str| {
+            doc.get(name).and_then(Value::as_str).ok_or_else(|| DevError(format!("key file has no `{name}`")))
+        };
+        let (alg, pem) = (field("alg")?, field("pem")?);
+        let kid = doc.get("kid").and_then(Value::as_str);
+        let key = match alg {
+            "RS256" => SigningKey::RS256(RS256KeyPair::from_pem(pem).map_err(dev_err)?),
+            "ES256" => SigningKey::ES256(ES256KeyPair::from_pem(pem).map_err(dev_err)?),
+            "EdDSA" => SigningKey::EdDSA(Ed25519KeyPair::from_pem(pem).map_err(dev_err)?),
+            other => return Err(DevError(format!("unsupported key algorithm {other:?}"))),
+        };
+        Ok(match (key, kid) {
+            (SigningKey::RS256(k), Some(kid)) => SigningKey::RS256(k.with_key_id(kid)),
+            (SigningKey::ES256(k), Some(kid)) => SigningKey::ES256(k.with_key_id(kid)),
+            (SigningKey::EdDSA(k), Some(kid)) => SigningKey::EdDSA(k.with_key_id(kid)),
+            (key, None) => key,
+        })
+    }
+}
+
+/// A JWK Set holding the public halves of the given keys.
+pub fn jwks(keys: &[&SigningKey]) -> Value {
+    json!({ "keys": keys.iter().map(|k| k.public_jwk()).collect::<Vec<_>>() })
+}

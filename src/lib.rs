@@ -1,0 +1,28 @@
+//! meshward: workload-token verification and method-level access policy for Envoy and Istio.
+//!
+//! The core (`token`, `policy`, `request`, `engine`, `decision`, `audit`, `config`) has no
+//! proxy-wasm dependency: it builds natively for the CLI, tests and benches, and for
+//! `wasm32-wasip1`. The proxy-wasm glue lives in `filter` and is compiled only for wasm32.
+
+pub mod audit;
+pub mod config;
+pub mod decision;
+pub mod engine;
+pub mod policy;
+pub mod request;
+pub mod token;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod dev;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod render;
+
+// The proxy_wasm::main! entry point is an exported (`no_mangle`) function.
+#[cfg(target_arch = "wasm32")]
+#[allow(unsafe_code)]
+mod filter;
+
+pub use config::{BundleConfig, ConfigError};
+pub use decision::{Decision, Reason};
+pub use engine::{Engine, HttpRequest, Outcome};
+pub use token::VerifiedToken;

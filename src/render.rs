@@ -1,0 +1,128 @@
+//! Rendering deployable Envoy configuration from a bundle (native only).
+
+use std::fmt::Write as _;
+
+/// Where the rendered Envoy listens and finds the module.
+#[derive(Clone, Debug)]
+pub struct EnvoyOptions {
+    /// Listener for client traffic, with meshward in front of the backend.
+    pub listen_port: u16,
+    /// A stand-in backend inside the same Envoy (answers 200 and echoes the identity it received).
+    pub backend_port: u16,
+    /// Envoy's admin interface (readiness, stats).
+    pub admin_port: u16,
+    /// Path of `meshward.wasm` as Envoy will see it.
+    pub wasm_path: String,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        EnvoyOptions {
+            listen_port: 8080,
+            backend_port: 8081,
+            admin_port: 9901,
+            wasm_path: "target/wasm32-wasip1/release/meshward.wasm".into(),
+        }
+    }
+}
+
+/// A complete Envoy bootstrap: meshward on the ingress listener, a demo backend, admin on loopback.
+/// `bundle_json` is the plugin configuration, embedded as Envoy's `configuration` string.
+pub fn envoy_bootstrap(bundle_json: &str, o: &EnvoyOptions) -> String {
+    let mut config = String::new();
+    for line in bundle_json.trim_end().lines() {
+        // Block scalar lines are indented below `value: |`.
+        let _ = writeln!(config, "                    {line}");
+    }
+    format!(
+        r#"# Envoy with meshward in front of a backend, everything on 127.0.0.1.
+# Rendered by `meshward render envoy`; run from the repository root so the module path resolves.
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+static_resources:
+  listeners:
+  - name: ingress
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {listen} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: backend }}
+          http_filters:
+          - name: meshward
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: meshward
+                root_id: meshward
+                # Deny requests if the VM fails; never let traffic through unchecked.
+                failure_policy: FAIL_CLOSED
+                vm_config:
+                  vm_id: meshward
+                  runtime: envoy.wasm.runtime.v8
+                  code:
+                    local:
+                      filename: {wasm}
+                # The policy bundle (JSON), exactly as `meshward check` validates it.
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: |
+{config}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  # Stand-in for the protected service: answers every request and echoes the identity headers
+  # meshward forwarded, so you can see what the upstream receives.
+  - name: backend
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {backend} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: backend
+          route_config:
+            virtual_hosts:
+            - name: backend
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response:
+                  status: 200
+                  body: {{ inline_string: "backend: request accepted\n" }}
+                response_headers_to_add:
+                - header: {{ key: x-backend-saw-subject, value: "%REQ(x-meshward-subject)%" }}
+                - header: {{ key: x-backend-saw-issuer, value: "%REQ(x-meshward-issuer)%" }}
+                - header: {{ key: x-backend-saw-authorization, value: "%REQ(authorization)%" }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {backend} }}
+"#,
+        admin = o.admin_port,
+        listen = o.listen_port,
+        backend = o.backend_port,
+        wasm = o.wasm_path,
+    )
+}

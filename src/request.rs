@@ -1,0 +1,179 @@
+//! The parts of an HTTP request that policy looks at, checked and normalized once.
+//!
+//! meshward cannot know whether Envoy normalized the path (`normalize_path` is off by default), and
+//! an upstream may decode what Envoy passed through. So instead of guessing, any path whose meaning
+//! could differ between meshward and the upstream is rejected.
+
+use crate::decision::Reason;
+
+/// A request ready for policy: method as sent, host lower-cased without port or trailing dot, path
+/// without the query string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestTarget {
+    /// The HTTP method exactly as sent (case-sensitive, per RFC 9110).
+    pub method: String,
+    /// The host, lower-cased, without port and trailing dot.
+    pub host: String,
+    /// The path without query; never empty, always starting with `/`.
+    pub path: String,
+}
+
+impl RequestTarget {
+    /// Checks and normalizes the pseudo-headers of a request.
+    pub fn new(method: Option<&str>, authority: Option<&str>, path: Option<&str>) -> Result<Self, Reason> {
+        let method = method.filter(|m| !m.is_empty()).ok_or(Reason::RequestMalformed)?;
+        // CONNECT carries an authority, not a path: there is nothing for a path policy to match.
+        if method.eq_ignore_ascii_case("CONNECT") || !method.bytes().all(is_token_char) {
+            return Err(Reason::RequestMalformed);
+        }
+        let raw_path = path.ok_or(Reason::RequestMalformed)?;
+        let path = check_path(raw_path)?;
+        let host = normalize_host(authority.unwrap_or(""))?;
+        Ok(RequestTarget { method: method.to_owned(), host, path: path.to_owned() })
+    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Returns the path without its query, or the reason it is rejected.
+pub fn check_path(raw: &str) -> Result<&str, Reason> {
+    let path = raw.split_once('?').map_or(raw, |(p, _)| p);
+    if !path.starts_with('/') {
+        return Err(Reason::RequestMalformed);
+    }
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            // Fragments never reach a server legitimately; `\` is a separator to some upstreams;
+            // `;` starts path parameters that some upstreams strip (`/admin;x=y` -> `/admin`).
+            b'#' | b'\\' | b';' => return Err(Reason::RequestPathRejected),
+            b if b < 0x20 || b == 0x7f => return Err(Reason::RequestPathRejected),
+            b'%' => {
+                let hi = bytes.get(i + 1).copied().and_then(hex_value);
+                let lo = bytes.get(i + 2).copied().and_then(hex_value);
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(Reason::RequestPathRejected);
+                };
+                let decoded = hi * 16 + lo;
+                // Encoded separators, NUL and controls, `%` itself (double encoding) and encoded
+                // unreserved characters (which normalizers decode) all change meaning downstream.
+                if !(0x20..0x7f).contains(&decoded)
+                    || matches!(decoded, b'/' | b'\\' | b'%' | b';' | b'#')
+                    || decoded.is_ascii_alphanumeric()
+                    || matches!(decoded, b'-' | b'.' | b'_' | b'~')
+                {
+                    return Err(Reason::RequestPathRejected);
+                }
+                i += 3;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    for segment in path.split('/').skip(1) {
+        if segment == "." || segment == ".." {
+            return Err(Reason::RequestPathRejected);
+        }
+    }
+    // `//` (an empty segment other than a trailing slash) is merged by some upstreams.
+    if path.contains("//") {
+        return Err(Reason::RequestPathRejected);
+    }
+    Ok(path)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Lower-cases the host and removes the port and a trailing dot. IPv6 literals keep their brackets.
+pub fn normalize_host(authority: &str) -> Result<String, Reason> {
+    let host = if authority.starts_with('[') {
+        match authority.find(']') {
+            Some(end) => authority.get(..=end).ok_or(Reason::RequestMalformed)?,
+            None => return Err(Reason::RequestMalformed),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            Some(_) => return Err(Reason::RequestMalformed),
+            None => authority,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'/' || b == b'@') {
+        return Err(Reason::RequestMalformed);
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(method: &str, host: &str, path: &str) -> Result<RequestTarget, Reason> {
+        RequestTarget::new(Some(method), Some(host), Some(path))
+    }
+
+    #[test]
+    fn plain_paths_pass_and_lose_their_query() {
+        let t = target("GET", "Registry.Internal.:8443", "/v2/dev/app/manifests/1.0?n=1").unwrap();
+        assert_eq!(t.host, "registry.internal");
+        assert_eq!(t.path, "/v2/dev/app/manifests/1.0");
+        assert_eq!(target("GET", "h", "/a%20b/").unwrap().path, "/a%20b/");
+    }
+
+    #[test]
+    fn ambiguous_paths_are_rejected() {
+        for path in [
+            "/public/../admin",
+            "/./admin",
+            "/admin/.",
+            "/a/..",
+            "//admin",
+            "/a//b",
+            "/a%2Fb",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a\\b",
+            "/%61dmin",
+            "/%2e%2e/admin",
+            "/a%252Fb",
+            "/a%00",
+            "/a\u{1}b",
+            "/admin#x",
+            "/admin;x=y",
+            "/a%zz",
+            "/a%2",
+        ] {
+            assert_eq!(target("GET", "h", path), Err(Reason::RequestPathRejected), "{path}");
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_rejected() {
+        assert_eq!(RequestTarget::new(Some("GET"), Some("h"), None), Err(Reason::RequestMalformed));
+        assert_eq!(RequestTarget::new(None, Some("h"), Some("/")), Err(Reason::RequestMalformed));
+        assert_eq!(target("CONNECT", "h:443", "/"), Err(Reason::RequestMalformed));
+        assert_eq!(target("GET", "h", "*"), Err(Reason::RequestMalformed));
+        assert_eq!(target("GE T", "h", "/"), Err(Reason::RequestMalformed));
+        assert_eq!(target("GET", "h:port", "/"), Err(Reason::RequestMalformed));
+    }
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("[::1]:8080").unwrap(), "[::1]");
+        assert_eq!(normalize_host("API.example.com").unwrap(), "api.example.com");
+        assert_eq!(normalize_host("api.example.com.").unwrap(), "api.example.com");
+    }
+}

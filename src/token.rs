@@ -1,0 +1,541 @@
+//! Workload tokens: finding the bearer token in a request, and verifying it against the configured
+//! issuers into a [`VerifiedToken`].
+//!
+//! Structure, encoding and header checks happen here, before any signature work, so that malformed
+//! or hostile tokens are turned away cheaply and with a precise reason. The signature and the time
+//! claims are then checked by `jwt-simple`, with a key whose algorithm comes from configuration, never
+//! from the token.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jwt_simple::prelude::*;
+use jwt_simple::JWTError;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::decision::Reason;
+
+/// The signature algorithms meshward accepts. There is deliberately no `none` and no HMAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl Algorithm {
+    /// Every supported algorithm.
+    pub const ALL: [Algorithm; 9] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
+    /// Parses a JOSE algorithm name, exactly (case-sensitive, as RFC 7518 registers them).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|alg| alg.name() == name)
+    }
+
+    /// The JOSE name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    fn is_rsa(self) -> bool {
+        matches!(
+            self,
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        )
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A public key bound to exactly one algorithm.
+enum PublicKey {
+    RS256(RS256PublicKey),
+    RS384(RS384PublicKey),
+    RS512(RS512PublicKey),
+    PS256(PS256PublicKey),
+    PS384(PS384PublicKey),
+    PS512(PS512PublicKey),
+    ES256(ES256PublicKey),
+    ES384(ES384PublicKey),
+    EdDSA(Ed25519PublicKey),
+}
+
+type Claims = JWTClaims<Map<String, Value>>;
+
+impl PublicKey {
+    fn from_rsa(alg: Algorithm, n: &[u8], e: &[u8]) -> Result<Self, String> {
+        let err = |e: jwt_simple::Error| format!("invalid RSA key: {e}");
+        Ok(match alg {
+            Algorithm::RS256 => PublicKey::RS256(RS256PublicKey::from_components(n, e).map_err(err)?),
+            Algorithm::RS384 => PublicKey::RS384(RS384PublicKey::from_components(n, e).map_err(err)?),
+            Algorithm::RS512 => PublicKey::RS512(RS512PublicKey::from_components(n, e).map_err(err)?),
+            Algorithm::PS256 => PublicKey::PS256(PS256PublicKey::from_components(n, e).map_err(err)?),
+            Algorithm::PS384 => PublicKey::PS384(PS384PublicKey::from_components(n, e).map_err(err)?),
+            Algorithm::PS512 => PublicKey::PS512(PS512PublicKey::from_components(n, e).map_err(err)?),
+            _ => return Err(format!("an RSA key cannot be used with {alg}")),
+        })
+    }
+
+    fn verify(&self, token: &str, options: VerificationOptions) -> Result<Claims, jwt_simple::Error> {
+        let options = Some(options);
+        match self {
+            PublicKey::RS256(k) => k.verify_token(token, options),
+            PublicKey::RS384(k) => k.verify_token(token, options),
+            PublicKey::RS512(k) => k.verify_token(token, options),
+            PublicKey::PS256(k) => k.verify_token(token, options),
+            PublicKey::PS384(k) => k.verify_token(token, options),
+            PublicKey::PS512(k) => k.verify_token(token, options),
+            PublicKey::ES256(k) => k.verify_token(token, options),
+            PublicKey::ES384(k) => k.verify_token(token, options),
+            PublicKey::EdDSA(k) => k.verify_token(token, options),
+        }
+    }
+}
+
+/// One usable verification key of an issuer.
+struct VerifyKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: PublicKey,
+}
+
+/// The members of a JWK that matter for verification keys (RFC 7517, 7518, 8037).
+#[derive(serde::Deserialize)]
+struct Jwk {
+    kty: String,
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    key_use: Option<String>,
+    crv: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    d: Option<Value>,
+}
+
+fn b64(field: &str, value: &Option<String>) -> Result<Vec<u8>, String> {
+    let value = value.as_deref().ok_or_else(|| format!("missing `{field}`"))?;
+    URL_SAFE_NO_PAD.decode(value).map_err(|_| format!("`{field}` is not base64url"))
+}
+
+/// Turns one JWK into the keys it provides for the allowed algorithms. A key with an `alg` serves
+/// only that algorithm; an RSA key without one serves each allowed RSA algorithm.
+fn keys_from_jwk(jwk: &Value, allowed: &[Algorithm]) -> Result<Vec<VerifyKey>, String> {
+    let jwk: Jwk = serde_json::from_value(jwk.clone()).map_err(|e| format!("not a JWK: {e}"))?;
+    if jwk.d.is_some() {
+        return Err("contains private key material (`d`); publish only public keys".into());
+    }
+    if let Some(key_use) = &jwk.key_use {
+        if key_use != "sig" {
+            return Err(format!("`use` is {key_use:?}, not \"sig\""));
+        }
+    }
+    let declared = match &jwk.alg {
+        Some(name) => Some(Algorithm::from_name(name).ok_or_else(|| format!("unsupported `alg` {name:?}"))?),
+        None => None,
+    };
+    let fits = |alg: Algorithm| allowed.contains(&alg) && declared.is_none_or(|d| d == alg);
+    let mut keys = Vec::new();
+    let mut push = |alg: Algorithm, key: PublicKey| keys.push(VerifyKey { kid: jwk.kid.clone(), alg, key });
+    match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+        ("RSA", _) => {
+            let (n, e) = (b64("n", &jwk.n)?, b64("e", &jwk.e)?);
+            if n.len() < 256 {
+                return Err(format!("RSA modulus of {} bits is below the 2048-bit minimum", n.len() * 8));
+            }
+            for alg in Algorithm::ALL.into_iter().filter(|a| a.is_rsa() && fits(*a)) {
+                push(alg, PublicKey::from_rsa(alg, &n, &e)?);
+            }
+        }
+        ("EC", Some(crv @ ("P-256" | "P-384"))) => {
+            let (x, y) = (b64("x", &jwk.x)?, b64("y", &jwk.y)?);
+            let mut point = vec![0x04];
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            let err = |e: jwt_simple::Error| format!("invalid EC point: {e}");
+            if crv == "P-256" && fits(Algorithm::ES256) {
+                push(Algorithm::ES256, PublicKey::ES256(ES256PublicKey::from_bytes(&point).map_err(err)?));
+            } else if crv == "P-384" && fits(Algorithm::ES384) {
+                push(Algorithm::ES384, PublicKey::ES384(ES384PublicKey::from_bytes(&point).map_err(err)?));
+            }
+        }
+        ("OKP", Some("Ed25519")) => {
+            let x = b64("x", &jwk.x)?;
+            if fits(Algorithm::EdDSA) {
+                let key =
+                    Ed25519PublicKey::from_bytes(&x).map_err(|e| format!("invalid Ed25519 key: {e}"))?;
+                push(Algorithm::EdDSA, PublicKey::EdDSA(key));
+            }
+        }
+        (kty, crv) => return Err(format!("unsupported key type {kty:?} (curve {crv:?})")),
+    }
+    Ok(keys)
+}
+
+/// A trusted token issuer, compiled from configuration.
+pub struct Issuer {
+    /// Short name used by rules and audit records.
+    pub name: String,
+    /// The exact `iss` value.
+    pub issuer: String,
+    audiences: HashSet<String>,
+    algorithms: Vec<Algorithm>,
+    keys: Vec<VerifyKey>,
+    clock_skew_seconds: u64,
+}
+
+impl Issuer {
+    /// Builds an issuer from its JWKS. Returns the issuer and one warning per skipped key; fails
+    /// when no key is usable.
+    pub fn new(
+        name: String,
+        issuer: String,
+        audiences: Vec<String>,
+        algorithms: Vec<Algorithm>,
+        jwks: &[Value],
+        clock_skew_seconds: u64,
+    ) -> Result<(Self, Vec<String>), String> {
+        let mut keys = Vec::new();
+        let mut warnings = Vec::new();
+        for (i, jwk) in jwks.iter().enumerate() {
+            match keys_from_jwk(jwk, &algorithms) {
+                Ok(found) => keys.extend(found),
+                Err(e) => warnings.push(format!("jwks.keys[{i}] skipped: {e}")),
+            }
+        }
+        if keys.is_empty() {
+            let mut msg = "no usable key for the allowed algorithms".to_string();
+            if let Some(w) = warnings.first() {
+                msg = format!("{msg} ({w})");
+            }
+            return Err(msg);
+        }
+        let audiences = audiences.into_iter().collect();
+        Ok((Issuer { name, issuer, audiences, algorithms, keys, clock_skew_seconds }, warnings))
+    }
+
+    /// How many verification keys (key x algorithm) the issuer holds.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// A token whose signature and claims have been verified.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifiedToken {
+    /// The configured name of the issuer that signed it.
+    pub issuer_name: String,
+    /// `iss`.
+    pub issuer: String,
+    /// `sub`: the workload identity.
+    pub subject: String,
+    /// `jti`, if present.
+    pub token_id: Option<String>,
+    /// `exp`, unix seconds.
+    pub expires_at: u64,
+    /// `iat`, unix seconds, if present.
+    pub issued_at: Option<u64>,
+    /// The claims not covered above.
+    pub claims: Map<String, Value>,
+}
+
+/// The bearer token of a request, given every value of its `Authorization` header.
+///
+/// A scheme other than `Bearer` or an empty token counts as no token; a repeated header or a
+/// comma-joined value counts as two tokens; anything after the token makes it malformed.
+pub fn bearer_token<'a>(authorization: &[&'a str]) -> Result<&'a str, Reason> {
+    let value = match authorization {
+        [] => return Err(Reason::TokenMissing),
+        [one] => *one,
+        _ => return Err(Reason::TokenMultiple),
+    };
+    if value.contains(',') {
+        return Err(Reason::TokenMultiple);
+    }
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Reason::TokenMissing);
+    }
+    let token = rest.trim_start_matches([' ', '\t']);
+    if token.is_empty() {
+        return Err(Reason::TokenMissing);
+    }
+    if token.contains([' ', '\t']) {
+        return Err(Reason::TokenMalformed);
+    }
+    Ok(token)
+}
+
+/// The configured issuers, and the checks shared by all of them.
+pub struct Issuers {
+    issuers: Vec<Issuer>,
+    max_token_bytes: usize,
+}
+
+impl Issuers {
+    /// Groups the issuers; `max_token_bytes` bounds what is decoded at all.
+    pub fn new(issuers: Vec<Issuer>, max_token_bytes: usize) -> Self {
+        Issuers { issuers, max_token_bytes }
+    }
+
+    /// The issuers, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Issuer> {
+        self.issuers.iter()
+    }
+
+    /// Verifies a compact JWS as of `now` (unix seconds).
+    pub fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, Reason> {
+        if token.len() > self.max_token_bytes {
+            return Err(Reason::TokenTooLarge);
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Reason::TokenMalformed);
+        };
+        if header_b64.is_empty() || payload_b64.is_empty() || signature_b64.is_empty() {
+            return Err(Reason::TokenMalformed);
+        }
+        let header = decode_object(header_b64)?;
+        let payload = decode_object(payload_b64)?;
+        if URL_SAFE_NO_PAD.decode(signature_b64).is_err() {
+            return Err(Reason::TokenMalformed);
+        }
+
+        let alg = match header.get("alg") {
+            Some(Value::String(alg)) => alg,
+            _ => return Err(Reason::TokenMalformed),
+        };
+        // A non-empty `crit` names extensions we do not implement (RFC 7515 4.1.11).
+        if let Some(crit) = header.get("crit") {
+            if crit.as_array().is_none_or(|c| !c.is_empty()) {
+                return Err(Reason::TokenMalformed);
+            }
+        }
+        // Nested tokens (RFC 7519 5.2) are not verified recursively: refuse them.
+        if let Some(cty) = header.get("cty") {
+            if cty.as_str().is_none_or(|c| c.eq_ignore_ascii_case("jwt")) {
+                return Err(Reason::TokenMalformed);
+            }
+        }
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(kid)) => Some(kid.as_str()),
+            Some(_) => return Err(Reason::TokenMalformed),
+        };
+
+        let issuer = match payload.get("iss") {
+            Some(Value::String(iss)) => {
+                self.issuers.iter().find(|i| i.issuer == *iss).ok_or(Reason::TokenIssuerUnknown)?
+            }
+            None => return Err(Reason::TokenIssuerUnknown),
+            Some(_) => return Err(Reason::TokenClaimInvalid),
+        };
+        let alg = Algorithm::from_name(alg)
+            .filter(|a| issuer.algorithms.contains(a))
+            .ok_or(Reason::TokenAlgorithmNotAllowed)?;
+        check_claim_types(&payload)?;
+
+        let options = VerificationOptions {
+            artificial_time: Some(UnixTimeStamp::from_secs(now)),
+            time_tolerance: Some(Duration::from_secs(issuer.clock_skew_seconds)),
+            allowed_issuers: Some(HashSet::from([issuer.issuer.clone()])),
+            allowed_audiences: Some(issuer.audiences.clone()),
+            max_token_length: Some(self.max_token_bytes),
+            ..Default::default()
+        };
+        // Only keys of the token's algorithm; a token `kid` must match the key's, and a key with a
+        // `kid` is not used for a token naming another.
+        let candidates =
+            issuer.keys.iter().filter(|k| k.alg == alg && (kid.is_none() || k.kid.as_deref() == kid));
+        let mut tried = false;
+        let mut claims = None;
+        for key in candidates {
+            tried = true;
+            match key.key.verify(token, options.clone()) {
+                Ok(c) => {
+                    claims = Some(c);
+                    break;
+                }
+                Err(e) if is_bad_signature(&e) => continue,
+                Err(e) => return Err(reason_for(&e)),
+            }
+        }
+        let claims = match claims {
+            Some(c) => c,
+            None if tried => return Err(Reason::TokenSignatureInvalid),
+            None => return Err(Reason::TokenKeyUnknown),
+        };
+
+        let expires_at = claims.expires_at.ok_or(Reason::TokenExpiryMissing)?.as_secs();
+        let subject = claims.subject.filter(|s| !s.is_empty()).ok_or(Reason::TokenClaimInvalid)?;
+        Ok(VerifiedToken {
+            issuer_name: issuer.name.clone(),
+            issuer: issuer.issuer.clone(),
+            subject,
+            token_id: claims.jwt_id,
+            expires_at,
+            issued_at: claims.issued_at.map(|t| t.as_secs()),
+            claims: claims.custom,
+        })
+    }
+}
+
+fn is_bad_signature(e: &jwt_simple::Error) -> bool {
+    matches!(e.downcast_ref::<JWTError>(), Some(JWTError::InvalidSignature))
+}
+
+fn reason_for(e: &jwt_simple::Error) -> Reason {
+    match e.downcast_ref::<JWTError>() {
+        Some(JWTError::InvalidSignature) => Reason::TokenSignatureInvalid,
+        Some(JWTError::TokenHasExpired) => Reason::TokenExpired,
+        Some(JWTError::TokenNotValidYet | JWTError::ClockDrift) => Reason::TokenNotYetValid,
+        Some(JWTError::RequiredAudienceMismatch | JWTError::RequiredAudienceMissing) => {
+            Reason::TokenAudienceInvalid
+        }
+        Some(JWTError::RequiredIssuerMismatch | JWTError::RequiredIssuerMissing) => {
+            Reason::TokenIssuerUnknown
+        }
+        Some(JWTError::TokenTooLong) => Reason::TokenTooLarge,
+        Some(_) => Reason::TokenMalformed,
+        None if e.downcast_ref::<serde_json::Error>().is_some() => Reason::TokenClaimInvalid,
+        None => Reason::TokenMalformed,
+    }
+}
+
+/// Registered claims must have their registered types; `jwt-simple` would otherwise coerce or
+/// ignore some of them.
+fn check_claim_types(payload: &Map<String, Value>) -> Result<(), Reason> {
+    for name in ["iss", "sub", "jti"] {
+        if payload.get(name).is_some_and(|v| !v.is_string()) {
+            return Err(Reason::TokenClaimInvalid);
+        }
+    }
+    // Times: non-negative integers below year 10000 (RFC 7519 NumericDate, without absurd values).
+    for name in ["exp", "nbf", "iat"] {
+        if let Some(v) = payload.get(name) {
+            match v.as_u64() {
+                Some(t) if t < 253_402_300_800 => {}
+                _ => return Err(Reason::TokenClaimInvalid),
+            }
+        }
+    }
+    match payload.get("aud") {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_string) => Ok(()),
+        Some(_) => Err(Reason::TokenClaimInvalid),
+    }
+}
+
+/// Decodes one base64url segment into a JSON object, strictly: no padding, no stray bits, UTF-8,
+/// and no duplicate member names at any depth (RFC 7515 5.2 / RFC 8725 3.x).
+fn decode_object(segment: &str) -> Result<Map<String, Value>, Reason> {
+    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| Reason::TokenMalformed)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| Reason::TokenMalformed)?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let UniqueValue(value) = de::Deserialize::deserialize(&mut de).map_err(|_| Reason::TokenMalformed)?;
+    de.end().map_err(|_| Reason::TokenMalformed)?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(Reason::TokenMalformed),
+    }
+}
+
+/// A JSON value that refuses duplicate object member names.
+struct UniqueValue(Value);
+
+impl<'de> de::Deserialize<'de> for UniqueValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueVisitor).map(UniqueValue)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let UniqueValue(value) = map.next_value()?;
+            if out.insert(key, value).is_some() {
+                return Err(de::Error::custom("duplicate member name"));
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
