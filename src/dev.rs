@@ -150,6 +150,19 @@ impl SigningKey {
         .map_err(dev_err)
     }
 
+    /// Signs arbitrary header and payload JSON text as given (EdDSA keys only), to craft the hostile
+    /// tokens tests need: duplicate members, odd types, `crit`, `alg` values a verifier must refuse.
+    pub fn sign_raw(&self, header: &str, payload: &str) -> Result<String, DevError> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        let SigningKey::EdDSA(k) = self else {
+            return Err(DevError("sign_raw needs an EdDSA key".into()));
+        };
+        let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
+        let signature = k.key_pair().as_ref().sk.sign(signing_input.as_bytes(), None);
+        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref())))
+    }
+
     /// The key as a small JSON document (algorithm, kid, PKCS#8 PEM) for `meshward dev`.
     pub fn to_file(&self) -> Result<String, DevError> {
         let pem = match self {
