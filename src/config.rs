@@ -41,9 +41,22 @@ pub struct BundleConfig {
     pub issuers: Vec<IssuerConfig>,
     /// Access rules; anything they do not allow is denied.
     pub rules: Vec<RuleConfig>,
+    /// Revoked tokens and subjects: rejected from the next configuration on, cached or not.
+    #[serde(default)]
+    pub revoked: Revoked,
     /// Plugin settings.
     #[serde(default)]
     pub settings: Settings,
+}
+
+/// Deny-lists that take effect as soon as a configuration carrying them is loaded.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Revoked {
+    /// Revoked token ids (`jti`).
+    pub token_ids: Vec<String>,
+    /// Revoked subjects (`sub`), exact.
+    pub subjects: Vec<String>,
 }
 
 /// A trusted token issuer.
@@ -112,6 +125,8 @@ pub struct Settings {
     pub realm: String,
     /// Tokens longer than this many bytes are rejected before any decoding.
     pub max_token_bytes: usize,
+    /// How many verified tokens to keep so their signatures are checked once (0 disables).
+    pub token_cache_entries: usize,
 }
 
 impl Default for Settings {
@@ -121,6 +136,7 @@ impl Default for Settings {
             issuer_header: "x-meshward-issuer".into(),
             realm: "meshward".into(),
             max_token_bytes: 8192,
+            token_cache_entries: 10_000,
         }
     }
 }
@@ -159,6 +175,9 @@ impl BundleConfig {
         }
         if !(256..=65536).contains(&s.max_token_bytes) {
             return Err(ConfigError::new("settings.max_token_bytes", "must be between 256 and 65536"));
+        }
+        if s.token_cache_entries > 1_000_000 {
+            return Err(ConfigError::new("settings.token_cache_entries", "must be at most 1000000"));
         }
         if s.realm.contains(['"', '\\']) || s.realm.chars().any(char::is_control) {
             return Err(ConfigError::new(
@@ -219,7 +238,8 @@ impl BundleConfig {
             rules.push(compile_rule(i, cfg, &names, &mut ids)?);
         }
         let issuers = Issuers::new(issuers, self.settings.max_token_bytes);
-        let engine = Engine::new(self.name, self.version, issuers, Policy::new(rules), self.settings);
+        let engine =
+            Engine::new(self.name, self.version, issuers, Policy::new(rules), self.revoked, self.settings);
         Ok((engine, warnings))
     }
 }

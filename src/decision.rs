@@ -35,6 +35,8 @@ pub enum Reason {
     TokenAudienceInvalid,
     /// A claim the issuer relies on is missing or has the wrong type.
     TokenClaimInvalid,
+    /// The token's `jti` or subject is on the bundle's revocation list.
+    TokenRevoked,
     /// The token is valid but no rule allows this request (default deny).
     PolicyNoMatch,
     /// A deny rule matched the request.
@@ -65,6 +67,7 @@ impl Reason {
             Reason::TokenExpiryMissing => "token_expiry_missing",
             Reason::TokenAudienceInvalid => "token_audience_invalid",
             Reason::TokenClaimInvalid => "token_claim_invalid",
+            Reason::TokenRevoked => "token_revoked",
             Reason::PolicyNoMatch => "policy_no_matching_rule",
             Reason::PolicyDenied => "policy_denied",
             Reason::RequestPathRejected => "request_path_rejected",
@@ -90,7 +93,7 @@ impl Reason {
     }
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Allowed,
         Reason::TokenMissing,
         Reason::TokenMultiple,
@@ -105,6 +108,7 @@ impl Reason {
         Reason::TokenExpiryMissing,
         Reason::TokenAudienceInvalid,
         Reason::TokenClaimInvalid,
+        Reason::TokenRevoked,
         Reason::PolicyNoMatch,
         Reason::PolicyDenied,
         Reason::RequestPathRejected,

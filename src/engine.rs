@@ -1,6 +1,12 @@
-//! One request from headers to decision: request checks, token verification, policy.
+//! One request from headers to decision: request checks, token verification (with the verified-token
+//! cache and revocation lists), policy.
 
-use crate::config::Settings;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use crate::cache::{digest, CacheStats, TokenCache};
+use crate::config::{Revoked, Settings};
 use crate::decision::{Decision, Reason};
 use crate::policy::Policy;
 use crate::request::RequestTarget;
@@ -27,7 +33,7 @@ pub struct Outcome {
     /// The checked request, unless the request itself was rejected.
     pub target: Option<RequestTarget>,
     /// The verified identity, if the token verified.
-    pub identity: Option<VerifiedToken>,
+    pub identity: Option<Rc<VerifiedToken>>,
 }
 
 /// A compiled bundle, ready to authorize requests. Built once per configuration.
@@ -38,7 +44,10 @@ pub struct Engine {
     pub version: String,
     issuers: Issuers,
     policy: Policy,
+    revoked_token_ids: HashSet<String>,
+    revoked_subjects: HashSet<String>,
     settings: Settings,
+    cache: RefCell<TokenCache>,
 }
 
 impl Engine {
@@ -47,9 +56,19 @@ impl Engine {
         version: String,
         issuers: Issuers,
         policy: Policy,
+        revoked: Revoked,
         settings: Settings,
     ) -> Self {
-        Engine { name, version, issuers, policy, settings }
+        Engine {
+            name,
+            version,
+            issuers,
+            policy,
+            revoked_token_ids: revoked.token_ids.into_iter().collect(),
+            revoked_subjects: revoked.subjects.into_iter().collect(),
+            cache: RefCell::new(TokenCache::new(settings.token_cache_entries)),
+            settings,
+        }
     }
 
     /// Plugin settings.
@@ -67,20 +86,51 @@ impl Engine {
         &self.issuers
     }
 
+    /// Verified-token cache counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.borrow().stats()
+    }
+
     /// Decides a request as of `now` (unix seconds; the host's clock, or a recording's time).
     pub fn authorize(&self, request: &HttpRequest<'_>, now: u64) -> Outcome {
         let target = match RequestTarget::new(request.method, request.authority, request.path) {
             Ok(t) => t,
             Err(reason) => return Outcome { decision: Decision::deny(reason), target: None, identity: None },
         };
-        let identity = match bearer_token(&request.authorization).and_then(|t| self.issuers.verify(t, now)) {
+        let identity = match bearer_token(&request.authorization).and_then(|t| self.identity(t, now)) {
             Ok(identity) => identity,
             Err(reason) => {
                 return Outcome { decision: Decision::deny(reason), target: Some(target), identity: None }
             }
         };
+        if self.is_revoked(&identity) {
+            let decision = Decision::deny(Reason::TokenRevoked);
+            return Outcome { decision, target: Some(target), identity: Some(identity) };
+        }
         let decision = self.policy.evaluate(&target, &identity);
         Outcome { decision, target: Some(target), identity: Some(identity) }
+    }
+
+    /// The verified identity of a token: from the cache, or verified now and cached until `exp`.
+    fn identity(&self, token: &str, now: u64) -> Result<Rc<VerifiedToken>, Reason> {
+        if token.len() > self.settings.max_token_bytes {
+            return Err(Reason::TokenTooLarge);
+        }
+        let key = digest(token);
+        // A failed borrow cannot happen (no re-entrancy); if it did, verify without the cache.
+        if let Some(hit) = self.cache.try_borrow_mut().ok().and_then(|mut c| c.get(&key, now)) {
+            return Ok(hit);
+        }
+        let verified = Rc::new(self.issuers.verify(token, now)?);
+        if let Ok(mut cache) = self.cache.try_borrow_mut() {
+            cache.insert(key, verified.clone(), verified.expires_at, now);
+        }
+        Ok(verified)
+    }
+
+    fn is_revoked(&self, identity: &VerifiedToken) -> bool {
+        identity.token_id.as_ref().is_some_and(|id| self.revoked_token_ids.contains(id))
+            || self.revoked_subjects.contains(&identity.subject)
     }
 
     /// The local reply for a denial: status, headers and a small JSON body.

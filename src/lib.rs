@@ -5,6 +5,7 @@
 //! `wasm32-wasip1`. The proxy-wasm glue lives in `filter` and is compiled only for wasm32.
 
 pub mod audit;
+pub mod cache;
 pub mod config;
 pub mod decision;
 pub mod engine;

@@ -1,0 +1,86 @@
+//! Engine behaviour across requests: the verified-token cache and revocation lists.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use meshward::dev::{jwks, SigningKey, TokenSpec};
+use meshward::token::Algorithm;
+use meshward::{BundleConfig, Engine, HttpRequest, Reason};
+use serde_json::json;
+
+const NOW: u64 = 1_800_000_000;
+
+fn engine(key: &SigningKey, extra: serde_json::Value) -> Engine {
+    let mut bundle = json!({
+        "name": "t",
+        "issuers": [{"name": "i", "issuer": "https://i.test", "audiences": ["api"],
+                     "algorithms": ["EdDSA"], "jwks": jwks(&[key])}],
+        "rules": [{"id": "r", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}],
+                   "subjects": ["spiffe://t/*"]}],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        bundle[k] = v.clone();
+    }
+    BundleConfig::from_json(bundle.to_string().as_bytes()).unwrap().compile().unwrap().0
+}
+
+fn token(key: &SigningKey, sub: &str, jti: Option<&str>, ttl: u64) -> String {
+    let mut spec = TokenSpec::new("https://i.test", sub, "api", NOW, ttl);
+    spec.token_id = jti.map(String::from);
+    format!("Bearer {}", key.sign(&spec).unwrap())
+}
+
+fn decide(engine: &Engine, auth: &str, now: u64) -> Reason {
+    let request =
+        HttpRequest { method: Some("GET"), authority: Some("h"), path: Some("/x"), authorization: vec![auth] };
+    engine.authorize(&request, now).decision.reason
+}
+
+#[test]
+fn a_token_is_verified_once_then_served_from_the_cache() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let engine = engine(&key, json!({}));
+    let auth = token(&key, "spiffe://t/a", None, 300);
+    for _ in 0..5 {
+        assert_eq!(decide(&engine, &auth, NOW), Reason::Allowed);
+    }
+    let stats = engine.cache_stats();
+    assert_eq!((stats.misses, stats.hits), (1, 4));
+}
+
+#[test]
+fn a_cached_token_is_not_used_after_it_expires() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let engine = engine(&key, json!({}));
+    let auth = token(&key, "spiffe://t/a", None, 60);
+    assert_eq!(decide(&engine, &auth, NOW), Reason::Allowed);
+    // Past exp but within the default 30 s skew: verified again, still accepted.
+    assert_eq!(decide(&engine, &auth, NOW + 80), Reason::Allowed);
+    assert_eq!(decide(&engine, &auth, NOW + 91), Reason::TokenExpired);
+    assert_eq!(decide(&engine, &auth, NOW + 10), Reason::Allowed, "cached again on re-verification");
+}
+
+#[test]
+fn revoked_token_ids_and_subjects_are_rejected_even_when_cached() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let engine = engine(&key, json!({"revoked": {"token_ids": ["leaked-1"], "subjects": ["spiffe://t/gone"]}}));
+    let leaked = token(&key, "spiffe://t/a", Some("leaked-1"), 300);
+    let gone = token(&key, "spiffe://t/gone", None, 300);
+    let fine = token(&key, "spiffe://t/a", Some("ok-1"), 300);
+    for _ in 0..2 {
+        assert_eq!(decide(&engine, &leaked, NOW), Reason::TokenRevoked);
+        assert_eq!(decide(&engine, &gone, NOW), Reason::TokenRevoked);
+        assert_eq!(decide(&engine, &fine, NOW), Reason::Allowed);
+    }
+    assert_eq!(engine.cache_stats().hits, 3, "the second round was served from the cache");
+    assert_eq!(Reason::TokenRevoked.http_status(), 401);
+}
+
+#[test]
+fn the_cache_can_be_disabled() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let engine = engine(&key, json!({"settings": {"token_cache_entries": 0}}));
+    let auth = token(&key, "spiffe://t/a", None, 300);
+    assert_eq!(decide(&engine, &auth, NOW), Reason::Allowed);
+    assert_eq!(decide(&engine, &auth, NOW), Reason::Allowed);
+    assert_eq!(engine.cache_stats().hits, 0);
+}
