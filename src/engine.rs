@@ -34,6 +34,14 @@ pub struct Outcome {
     pub target: Option<RequestTarget>,
     /// The verified identity, if the token verified.
     pub identity: Option<Rc<VerifiedToken>>,
+    /// Whether the token came from the verified-token cache (`None`: no token was looked up).
+    pub cache_hit: Option<bool>,
+}
+
+impl Outcome {
+    fn rejected(reason: Reason, target: Option<RequestTarget>) -> Self {
+        Outcome { decision: Decision::deny(reason), target, identity: None, cache_hit: None }
+    }
 }
 
 /// A compiled bundle, ready to authorize requests. Built once per configuration.
@@ -95,37 +103,42 @@ impl Engine {
     pub fn authorize(&self, request: &HttpRequest<'_>, now: u64) -> Outcome {
         let target = match RequestTarget::new(request.method, request.authority, request.path) {
             Ok(t) => t,
-            Err(reason) => return Outcome { decision: Decision::deny(reason), target: None, identity: None },
+            Err(reason) => return Outcome::rejected(reason, None),
         };
-        let identity = match bearer_token(&request.authorization).and_then(|t| self.identity(t, now)) {
-            Ok(identity) => identity,
+        let token = match bearer_token(&request.authorization) {
+            Ok(token) => token,
+            Err(reason) => return Outcome::rejected(reason, Some(target)),
+        };
+        let (identity, cache_hit) = match self.identity(token, now) {
+            Ok(found) => found,
             Err(reason) => {
-                return Outcome { decision: Decision::deny(reason), target: Some(target), identity: None }
+                return Outcome { cache_hit: Some(false), ..Outcome::rejected(reason, Some(target)) }
             }
         };
-        if self.is_revoked(&identity) {
-            let decision = Decision::deny(Reason::TokenRevoked);
-            return Outcome { decision, target: Some(target), identity: Some(identity) };
-        }
-        let decision = self.policy.evaluate(&target, &identity);
-        Outcome { decision, target: Some(target), identity: Some(identity) }
+        let decision = if self.is_revoked(&identity) {
+            Decision::deny(Reason::TokenRevoked)
+        } else {
+            self.policy.evaluate(&target, &identity)
+        };
+        Outcome { decision, target: Some(target), identity: Some(identity), cache_hit: Some(cache_hit) }
     }
 
-    /// The verified identity of a token: from the cache, or verified now and cached until `exp`.
-    fn identity(&self, token: &str, now: u64) -> Result<Rc<VerifiedToken>, Reason> {
+    /// The verified identity of a token, and whether it came from the cache; a token verified now
+    /// is cached until its `exp`.
+    fn identity(&self, token: &str, now: u64) -> Result<(Rc<VerifiedToken>, bool), Reason> {
         if token.len() > self.settings.max_token_bytes {
             return Err(Reason::TokenTooLarge);
         }
         let key = digest(token);
         // A failed borrow cannot happen (no re-entrancy); if it did, verify without the cache.
         if let Some(hit) = self.cache.try_borrow_mut().ok().and_then(|mut c| c.get(&key, now)) {
-            return Ok(hit);
+            return Ok((hit, true));
         }
         let verified = Rc::new(self.issuers.verify(token, now)?);
         if let Ok(mut cache) = self.cache.try_borrow_mut() {
             cache.insert(key, verified.clone(), verified.expires_at, now);
         }
-        Ok(verified)
+        Ok((verified, false))
     }
 
     fn is_revoked(&self, identity: &VerifiedToken) -> bool {

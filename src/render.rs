@@ -40,6 +40,14 @@ pub fn envoy_bootstrap(bundle_json: &str, o: &EnvoyOptions) -> String {
 admin:
   address:
     socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
+# meshward's counters carry their labels in the name; these extractors make them Prometheus labels:
+# meshward_decisions_total{{outcome="deny",reason="token_expired"}}.
+stats_config:
+  stats_tags:
+  - tag_name: outcome
+    regex: '^wasmcustom\.meshward\.decisions_total(\.outcome\.([a-z]+))\.'
+  - tag_name: reason
+    regex: '^wasmcustom\.meshward\.decisions_total\.outcome\.[a-z]+(\.reason\.([a-z_]+))$'
 static_resources:
   listeners:
   - name: ingress

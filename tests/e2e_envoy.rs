@@ -190,6 +190,25 @@ fn envoy_enforces_the_policy() {
     assert_eq!(write["host"], HOST);
     assert_eq!(write["path"], "/write/a");
     assert!(records.iter().any(|r| r["reason"] == "token_signature_invalid" && r["subject"].is_null()));
+
+    // The metrics account for every audited decision, by outcome and reason.
+    let mut by_reason = std::collections::BTreeMap::<(String, String), u64>::new();
+    for r in &records {
+        let key = (r["decision"].as_str().unwrap().to_string(), r["reason"].as_str().unwrap().to_string());
+        *by_reason.entry(key).or_default() += 1;
+    }
+    for ((outcome, reason), count) in &by_reason {
+        let series = format!("meshward_decisions_total{{outcome=\"{outcome}\",reason=\"{reason}\"}}");
+        assert_eq!(envoy.prometheus_value(&series), *count, "{series}");
+    }
+    let hits = envoy.prometheus_value("meshward_token_cache_hits_total{}");
+    let misses = envoy.prometheus_value("meshward_token_cache_misses_total{}");
+    let looked_up = records
+        .iter()
+        .filter(|r| !["token_missing", "request_path_rejected"].contains(&r["reason"].as_str().unwrap()))
+        .count();
+    assert_eq!(hits + misses, looked_up as u64, "every token lookup is counted as a hit or a miss");
+    assert!(hits >= 1, "the writer's token was reused and must have hit the cache");
 }
 
 #[test]

@@ -30,8 +30,12 @@ fn token(key: &SigningKey, sub: &str, jti: Option<&str>, ttl: u64) -> String {
 }
 
 fn decide(engine: &Engine, auth: &str, now: u64) -> Reason {
-    let request =
-        HttpRequest { method: Some("GET"), authority: Some("h"), path: Some("/x"), authorization: vec![auth] };
+    let request = HttpRequest {
+        method: Some("GET"),
+        authority: Some("h"),
+        path: Some("/x"),
+        authorization: vec![auth],
+    };
     engine.authorize(&request, now).decision.reason
 }
 
@@ -62,7 +66,8 @@ fn a_cached_token_is_not_used_after_it_expires() {
 #[test]
 fn revoked_token_ids_and_subjects_are_rejected_even_when_cached() {
     let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
-    let engine = engine(&key, json!({"revoked": {"token_ids": ["leaked-1"], "subjects": ["spiffe://t/gone"]}}));
+    let engine =
+        engine(&key, json!({"revoked": {"token_ids": ["leaked-1"], "subjects": ["spiffe://t/gone"]}}));
     let leaked = token(&key, "spiffe://t/a", Some("leaked-1"), 300);
     let gone = token(&key, "spiffe://t/gone", None, 300);
     let fine = token(&key, "spiffe://t/a", Some("ok-1"), 300);

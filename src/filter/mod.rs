@@ -16,9 +16,12 @@ use crate::config::BundleConfig;
 use crate::decision::{Decision, Reason};
 use crate::engine::{Engine, HttpRequest, Outcome};
 
+mod metrics;
+use metrics::Metrics;
+
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, metrics: None }) });
 }}
 
 fn log(level: LogLevel, message: &str) {
@@ -29,6 +32,7 @@ fn log(level: LogLevel, message: &str) {
 /// The plugin instance: owns the compiled configuration.
 struct Root {
     engine: Option<Rc<Engine>>,
+    metrics: Option<Rc<Metrics>>,
 }
 
 impl Context for Root {}
@@ -59,6 +63,9 @@ impl RootContext for Root {
                     ),
                 );
                 self.engine = Some(Rc::new(engine));
+                if self.metrics.is_none() {
+                    self.metrics = Some(Rc::new(Metrics::define()));
+                }
                 true
             }
             Err(e) => {
@@ -70,7 +77,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { engine: self.engine.clone() }))
+        Some(Box::new(Request { engine: self.engine.clone(), metrics: self.metrics.clone() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -81,6 +88,7 @@ impl RootContext for Root {
 /// One HTTP stream.
 struct Request {
     engine: Option<Rc<Engine>>,
+    metrics: Option<Rc<Metrics>>,
 }
 
 impl Context for Request {}
@@ -117,6 +125,9 @@ impl HttpContext for Request {
         }
         let outcome = engine.authorize(&request, now);
         log(LogLevel::Info, &AuditRecord::new(&engine.name, &request, &outcome, now, request_id).to_json());
+        if let Some(metrics) = &self.metrics {
+            metrics.record(&outcome);
+        }
 
         if !outcome.decision.allowed {
             return send_deny(Some(&engine), outcome.decision.reason, request_id);

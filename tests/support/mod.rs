@@ -122,6 +122,19 @@ impl Envoy {
             .collect()
     }
 
+    /// A GET on Envoy's admin interface (`/stats/prometheus`, ...): the body.
+    pub fn admin(&self, path: &str) -> String {
+        http(self.admin_port, "GET", path, &[]).expect("admin request").body
+    }
+
+    /// The value of one Prometheus series (exact name with labels), 0 if absent.
+    pub fn prometheus_value(&self, series: &str) -> u64 {
+        self.admin("/stats/prometheus")
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
     /// Sends a request through the meshward listener.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
         http(self.listen_port, method, path, headers).expect("request through envoy")

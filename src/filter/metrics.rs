@@ -1,0 +1,62 @@
+//! Envoy stats through proxy-wasm's metric API. Envoy shows them under `wasmcustom.`; the rendered
+//! bootstrap's `stats_tags` turn the `outcome`/`reason` name segments into Prometheus labels.
+
+use std::collections::HashMap;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use crate::decision::Reason;
+use crate::engine::Outcome;
+
+/// Metric ids, defined once per VM.
+pub struct Metrics {
+    decisions: HashMap<(bool, Reason), u32>,
+    cache_hits: Option<u32>,
+    cache_misses: Option<u32>,
+}
+
+fn counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+fn add(id: Option<u32>, n: i64) {
+    if let Some(id) = id {
+        // Metrics are best effort: a failed increment must not affect the request.
+        let _ = hostcalls::increment_metric(id, n);
+    }
+}
+
+impl Metrics {
+    /// Defines every counter up front, so dashboards see zeros rather than missing series.
+    pub fn define() -> Self {
+        let mut decisions = HashMap::new();
+        for reason in Reason::ALL {
+            let outcomes: &[bool] = if reason == Reason::Allowed { &[true] } else { &[false] };
+            for &allowed in outcomes {
+                let outcome = if allowed { "allow" } else { "deny" };
+                if let Some(id) =
+                    counter(&format!("meshward.decisions_total.outcome.{outcome}.reason.{}", reason.code()))
+                {
+                    decisions.insert((allowed, reason), id);
+                }
+            }
+        }
+        Metrics {
+            decisions,
+            cache_hits: counter("meshward.token_cache_hits_total"),
+            cache_misses: counter("meshward.token_cache_misses_total"),
+        }
+    }
+
+    /// Counts one decision.
+    pub fn record(&self, outcome: &Outcome) {
+        let key = (outcome.decision.allowed, outcome.decision.reason);
+        add(self.decisions.get(&key).copied(), 1);
+        match outcome.cache_hit {
+            Some(true) => add(self.cache_hits, 1),
+            Some(false) => add(self.cache_misses, 1),
+            None => {}
+        }
+    }
+}
