@@ -74,3 +74,57 @@ impl<'a> AuditRecord<'a> {
             .unwrap_or_else(|_| format!("{{\"type\":\"decision\",\"reason\":\"{}\"}}", self.reason))
     }
 }
+
+/// The record written on every configuration load, accepted or refused.
+#[derive(Debug, Serialize)]
+pub struct LoadRecord<'a> {
+    /// `policy_load` or `policy_refused`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Unix seconds.
+    pub time: u64,
+    /// SHA-256 of the configuration bytes, hex: identifies exactly what was loaded.
+    pub sha256: String,
+    /// Bundle name and version, when the bundle was accepted.
+    pub bundle: Option<&'a str>,
+    pub version: Option<&'a str>,
+    /// Counts, when accepted.
+    pub rules: Option<usize>,
+    pub issuers: Option<usize>,
+    /// Why it was refused.
+    pub error: Option<String>,
+}
+
+impl<'a> LoadRecord<'a> {
+    /// The record of an accepted or refused configuration.
+    pub fn new(config: &[u8], result: Result<&'a crate::Engine, &crate::ConfigError>, time: u64) -> Self {
+        let sha256 = hmac_sha256::Hash::hash(config).iter().map(|b| format!("{b:02x}")).collect();
+        match result {
+            Ok(engine) => LoadRecord {
+                kind: "policy_load",
+                time,
+                sha256,
+                bundle: Some(&engine.name),
+                version: Some(&engine.version),
+                rules: Some(engine.policy().rules().len()),
+                issuers: Some(engine.issuers().iter().count()),
+                error: None,
+            },
+            Err(e) => LoadRecord {
+                kind: "policy_refused",
+                time,
+                sha256,
+                bundle: None,
+                version: None,
+                rules: None,
+                issuers: None,
+                error: Some(e.to_string()),
+            },
+        }
+    }
+
+    /// The record as one JSON line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| format!("{{\"type\":\"{}\"}}", self.kind))
+    }
+}

@@ -102,7 +102,24 @@ fn assert_denied(r: &Response, status: u16, reason: &str, case: &str) {
 #[test]
 fn envoy_enforces_the_policy() {
     let keys = Issuers::generate();
-    let envoy = Envoy::start(&keys.bundle());
+    let bundle = keys.bundle();
+    let envoy = Envoy::start(&bundle);
+
+    // The load is audited with the digest of exactly what Envoy delivered (YAML adds a newline).
+    // Envoy configures each VM (main thread, worker): every load names the same digest.
+    let load = envoy.log_records("policy_load");
+    assert!(!load.is_empty(), "no policy_load record:\n{}", envoy.log());
+    let digest: String = hmac_sha256::Hash::hash(format!("{bundle}\n").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for record in &load {
+        assert_eq!(record["sha256"], digest);
+        assert_eq!(
+            (record["bundle"].as_str(), record["rules"].as_u64(), record["issuers"].as_u64()),
+            (Some("e2e"), Some(2), Some(3))
+        );
+    }
 
     // Allowed, for each algorithm: the backend sees the verified identity, not the client's copy.
     for (iss, key) in keys.all() {
@@ -224,6 +241,10 @@ fn envoy_refuses_a_bad_configuration() {
                 log.contains(
                     "configuration refused: rules[1].methods[0]: \"put\" is not an upper-case method name"
                 ),
+                "{log}"
+            );
+            assert!(
+                log.contains(r#""type":"policy_refused""#) && log.contains(r#""error":"rules[1].methods[0]"#),
                 "{log}"
             );
         }

@@ -11,7 +11,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use crate::audit::AuditRecord;
+use crate::audit::{AuditRecord, LoadRecord};
 use crate::config::BundleConfig;
 use crate::decision::{Decision, Reason};
 use crate::engine::{Engine, HttpRequest, Outcome};
@@ -23,6 +23,11 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, metrics: None }) });
 }}
+
+/// The host's clock, in unix seconds.
+fn now_secs() -> Option<u64> {
+    hostcalls::get_current_time().ok()?.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
 
 fn log(level: LogLevel, message: &str) {
     // Logging is best effort; there is nothing better to do if the host refuses it.
@@ -47,8 +52,10 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let now = now_secs().unwrap_or(0);
         match BundleConfig::from_json(&bytes).and_then(BundleConfig::compile) {
             Ok((engine, warnings)) => {
+                log(LogLevel::Info, &LoadRecord::new(&bytes, Ok(&engine), now).to_json());
                 for warning in &warnings {
                     log(LogLevel::Warn, warning);
                 }
@@ -71,6 +78,7 @@ impl RootContext for Root {
             Err(e) => {
                 // Returning false makes Envoy reject this configuration (and keep a previous one).
                 log(LogLevel::Error, &format!("configuration refused: {e}"));
+                log(LogLevel::Error, &LoadRecord::new(&bytes, Err(&e), now).to_json());
                 false
             }
         }
@@ -103,9 +111,8 @@ impl HttpContext for Request {
             Ok(h) => h,
             Err(_) => return send_deny(Some(&engine), Reason::InternalError, None),
         };
-        let now = match hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
-            Some(t) => t.as_secs(),
-            None => return send_deny(Some(&engine), Reason::InternalError, None),
+        let Some(now) = now_secs() else {
+            return send_deny(Some(&engine), Reason::InternalError, None);
         };
 
         let mut request = HttpRequest::default();

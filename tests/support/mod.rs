@@ -113,11 +113,17 @@ impl Envoy {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// The audit records meshward logged so far, parsed.
+    /// The decision records meshward logged so far, parsed.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        self.log_records("decision")
+    }
+
+    /// The JSON records of one type (`decision`, `policy_load` ...) meshward logged so far.
+    pub fn log_records(&self, kind: &str) -> Vec<serde_json::Value> {
+        let marker = format!("{{\"type\":\"{kind}\"");
         self.log()
             .lines()
-            .filter_map(|line| line.find("{\"type\":\"decision\"").map(|at| &line[at..]))
+            .filter_map(|line| line.find(&marker).map(|at| &line[at..]))
             .map(|json| serde_json::from_str(json).expect("audit line is JSON"))
             .collect()
     }
