@@ -127,6 +127,11 @@ pub struct Settings {
     pub max_token_bytes: usize,
     /// How many verified tokens to keep so their signatures are checked once (0 disables).
     pub token_cache_entries: usize,
+    /// Further upstream headers, each set to a claim of the verified token (dotted path for nested
+    /// claims, e.g. `kubernetes.io.namespace`). Client-supplied copies are always removed.
+    pub claim_headers: std::collections::BTreeMap<String, String>,
+    /// Remove the `Authorization` header before the request goes upstream.
+    pub remove_token: bool,
 }
 
 impl Default for Settings {
@@ -137,6 +142,8 @@ impl Default for Settings {
             realm: "meshward".into(),
             max_token_bytes: 8192,
             token_cache_entries: 10_000,
+            claim_headers: Default::default(),
+            remove_token: false,
         }
     }
 }
@@ -165,13 +172,28 @@ impl BundleConfig {
             return Err(ConfigError::new("name", "must not be empty"));
         }
         let s = &self.settings;
-        for (field, value) in [("identity_header", &s.identity_header), ("issuer_header", &s.issuer_header)] {
-            if !is_header_name(value) {
+        let named_headers = [
+            ("identity_header".to_string(), &s.identity_header),
+            ("issuer_header".to_string(), &s.issuer_header),
+        ];
+        let claim_headers = s.claim_headers.keys().map(|h| (format!("claim_headers.{h}"), h));
+        let mut seen = HashSet::new();
+        for (field, value) in named_headers.into_iter().chain(claim_headers) {
+            if !is_header_name(value) || value == "authorization" || value == "host" {
                 return Err(ConfigError::new(
                     format!("settings.{field}"),
-                    format!("{value:?} is not a lower-case HTTP header name"),
+                    format!("{value:?} is not a lower-case HTTP header name meshward may set"),
                 ));
             }
+            if !seen.insert(value.as_str()) {
+                return Err(ConfigError::new(
+                    format!("settings.{field}"),
+                    format!("header {value:?} is set twice"),
+                ));
+            }
+        }
+        if let Some((header, _)) = s.claim_headers.iter().find(|(_, claim)| claim.is_empty()) {
+            return Err(ConfigError::new(format!("settings.claim_headers.{header}"), "names no claim"));
         }
         if !(256..=65536).contains(&s.max_token_bytes) {
             return Err(ConfigError::new("settings.max_token_bytes", "must be between 256 and 65536"));

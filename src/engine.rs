@@ -146,6 +146,26 @@ impl Engine {
             || self.revoked_subjects.contains(&identity.subject)
     }
 
+    /// The upstream headers of an allowed request: each identity header meshward manages, with its
+    /// value, or `None` to remove any client-supplied copy. `authorization` is listed (as `None`)
+    /// when the token is to be removed.
+    pub fn upstream_headers<'s>(
+        &'s self,
+        identity: Option<&VerifiedToken>,
+    ) -> Vec<(&'s str, Option<String>)> {
+        let s = &self.settings;
+        let mut headers = Vec::with_capacity(2 + s.claim_headers.len());
+        headers.push((s.identity_header.as_str(), identity.map(|i| i.subject.clone())));
+        headers.push((s.issuer_header.as_str(), identity.map(|i| i.issuer_name.clone())));
+        for (header, claim) in &s.claim_headers {
+            headers.push((header.as_str(), identity.and_then(|i| i.claim_text(claim))));
+        }
+        if s.remove_token {
+            headers.push(("authorization", None));
+        }
+        headers
+    }
+
     /// The local reply for a denial: status, headers and a small JSON body.
     pub fn deny_response(&self, reason: Reason, request_id: Option<&str>) -> DenyResponse {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod claims;
 pub mod config;
 pub mod decision;
 pub mod engine;

@@ -60,6 +60,7 @@ impl Issuers {
             "name": "e2e",
             "version": "test",
             "issuers": issuers,
+            "settings": {"remove_token": true},
             "rules": [
                 {"id": "read", "hosts": [HOST], "methods": ["GET", "HEAD"],
                  "paths": [{"prefix": "/read"}], "subjects": ["spiffe://test/*"]},
@@ -129,6 +130,7 @@ fn envoy_enforces_the_policy() {
         assert_eq!(r.body, "backend: request accepted\n");
         assert_eq!(r.header("x-backend-saw-subject"), Some("spiffe://test/reader"), "{iss}");
         assert_eq!(r.header("x-backend-saw-issuer"), Some(iss.trim_start_matches("https://")));
+        assert_eq!(r.header("x-backend-saw-authorization"), None, "remove_token: the token stays here");
     }
     let (ec_iss, ec) = keys.all()[1];
     let writer = token(ec, ec_iss, "spiffe://test/writer", |_| {});

@@ -89,3 +89,54 @@ fn the_cache_can_be_disabled() {
     assert_eq!(decide(&engine, &auth, NOW), Reason::Allowed);
     assert_eq!(engine.cache_stats().hits, 0);
 }
+
+#[test]
+fn upstream_headers_carry_the_identity_and_replace_client_copies() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let settings = json!({"settings": {
+        "claim_headers": {"x-team": "team", "x-namespace": "kubernetes.io.namespace", "x-missing": "nope"},
+        "remove_token": true,
+    }});
+    let engine = engine(&key, settings);
+    let mut spec = TokenSpec::new("https://i.test", "spiffe://t/a", "api", NOW, 300);
+    spec.claims.insert("team".into(), json!("payments"));
+    spec.claims.insert("kubernetes.io".into(), json!({"namespace": "ci"}));
+    let auth = format!("Bearer {}", key.sign(&spec).unwrap());
+    let request = HttpRequest {
+        method: Some("GET"),
+        authority: Some("h"),
+        path: Some("/x"),
+        authorization: vec![&auth],
+    };
+    let outcome = engine.authorize(&request, NOW);
+    assert!(outcome.decision.allowed);
+    let headers = engine.upstream_headers(outcome.identity.as_deref());
+    let value = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+    assert_eq!(value("x-meshward-subject"), Some(Some("spiffe://t/a".into())));
+    assert_eq!(value("x-meshward-issuer"), Some(Some("i".into())));
+    assert_eq!(value("x-team"), Some(Some("payments".into())));
+    assert_eq!(value("x-namespace"), Some(Some("ci".into())));
+    // A configured header whose claim is absent is still listed, so a client copy is removed.
+    assert_eq!(value("x-missing"), Some(None));
+    assert_eq!(value("authorization"), Some(None), "the token is removed when remove_token is set");
+}
+
+#[test]
+fn header_settings_that_would_clash_are_refused() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let jwks = jwks(&[&key]);
+    for (settings, field) in [
+        (json!({"claim_headers": {"authorization": "sub"}}), "settings.claim_headers.authorization"),
+        (
+            json!({"claim_headers": {"x-meshward-subject": "sub"}}),
+            "settings.claim_headers.x-meshward-subject",
+        ),
+        (json!({"claim_headers": {"X-Upper": "sub"}}), "settings.claim_headers.X-Upper"),
+        (json!({"identity_header": ":path"}), "settings.identity_header"),
+    ] {
+        let bundle = json!({"name": "t", "settings": settings, "rules": [],
+            "issuers": [{"name": "i", "issuer": "https://i.test", "audiences": ["api"], "algorithms": ["EdDSA"], "jwks": jwks}]});
+        let err = BundleConfig::from_json(bundle.to_string().as_bytes()).unwrap().compile().err().unwrap();
+        assert_eq!(err.field, field);
+    }
+}

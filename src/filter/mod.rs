@@ -146,21 +146,14 @@ impl HttpContext for Request {
     }
 }
 
-/// Replaces any client-supplied identity headers with the verified identity.
+/// Replaces any client-supplied identity headers with the verified identity (and removes the token
+/// if configured).
 fn forward_identity(engine: &Engine, outcome: &Outcome) -> Result<(), proxy_wasm::types::Status> {
-    let settings = engine.settings();
-    let identity = outcome.identity.as_ref();
-    // set_map_value replaces every copy; None removes them all.
-    hostcalls::set_map_value(
-        MapType::HttpRequestHeaders,
-        &settings.identity_header,
-        identity.map(|i| i.subject.as_str()),
-    )?;
-    hostcalls::set_map_value(
-        MapType::HttpRequestHeaders,
-        &settings.issuer_header,
-        identity.map(|i| i.issuer_name.as_str()),
-    )
+    for (name, value) in engine.upstream_headers(outcome.identity.as_deref()) {
+        // set_map_value replaces every copy; None removes them all.
+        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value.as_deref())?;
+    }
+    Ok(())
 }
 
 fn send_deny(engine: Option<&Engine>, reason: Reason, request_id: Option<&str>) -> Action {
