@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::engine::Engine;
-use crate::policy::{Effect, Glob, HostPattern, Methods, PathPattern, Policy, Rule};
+use crate::policy::{Mode, Policy, Rule, RuleConfig};
 use crate::token::{Algorithm, Issuer, Issuers};
 
 /// Why a configuration was refused: the field, and what is wrong with it.
@@ -39,6 +39,10 @@ pub struct BundleConfig {
     pub version: String,
     /// Trusted issuers.
     pub issuers: Vec<IssuerConfig>,
+    /// `enforce` (default), or `dry-run`: every decision is computed and audited, and every request
+    /// is let through. Rules may set their own mode.
+    #[serde(default)]
+    pub mode: Mode,
     /// Access rules; anything they do not allow is denied.
     pub rules: Vec<RuleConfig>,
     /// Revoked tokens and subjects: rejected from the next configuration on, cached or not.
@@ -83,34 +87,6 @@ pub struct IssuerConfig {
 pub struct JwkSet {
     /// The keys; each is checked on its own, and an unusable one is skipped with a warning.
     pub keys: Vec<Value>,
-}
-
-/// One access rule.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Unique id, reported in every decision the rule makes.
-    pub id: String,
-    /// What the rule is for.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub description: String,
-    /// Who answers for the rule.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub owner: String,
-    /// `allow` (default) or `deny`; deny wins over allow.
-    #[serde(default)]
-    pub effect: Effect,
-    /// Hosts: exact names, `*.domain` or `*`; case-insensitive, port ignored.
-    pub hosts: Vec<String>,
-    /// HTTP methods, exact and case-sensitive (`GET`, `PUT`, ...), or `*`.
-    pub methods: Vec<String>,
-    /// Paths: `{"exact": "/v2/"}` or `{"prefix": "/v2/dev/"}`.
-    pub paths: Vec<PathPattern>,
-    /// Subjects (`sub`) this rule applies to; `*` matches any run of characters.
-    pub subjects: Vec<String>,
-    /// Issuer names this rule is limited to; empty means any configured issuer.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub issuers: Vec<String>,
 }
 
 /// Plugin settings.
@@ -257,83 +233,28 @@ impl BundleConfig {
         let mut rules = Vec::new();
         let mut ids = HashSet::new();
         for (i, cfg) in self.rules.into_iter().enumerate() {
-            rules.push(compile_rule(i, cfg, &names, &mut ids)?);
-        }
-        let issuers = Issuers::new(issuers, self.settings.max_token_bytes);
-        let engine =
-            Engine::new(self.name, self.version, issuers, Policy::new(rules), self.revoked, self.settings);
-        Ok((engine, warnings))
-    }
-}
-
-fn compile_rule(
-    i: usize,
-    cfg: RuleConfig,
-    issuer_names: &HashSet<String>,
-    ids: &mut HashSet<String>,
-) -> Result<Rule, ConfigError> {
-    let at = |f: &str| format!("rules[{i}].{f}");
-    if cfg.id.is_empty() || !ids.insert(cfg.id.clone()) {
-        return Err(ConfigError::new(at("id"), "must be non-empty and unique"));
-    }
-    let non_empty = |field: &str, empty: bool| {
-        if empty {
-            Err(ConfigError::new(at(field), "must not be empty (a rule that matches nothing is a mistake)"))
-        } else {
-            Ok(())
-        }
-    };
-    non_empty("hosts", cfg.hosts.is_empty())?;
-    non_empty("methods", cfg.methods.is_empty())?;
-    non_empty("paths", cfg.paths.is_empty())?;
-    non_empty("subjects", cfg.subjects.is_empty())?;
-    let hosts = cfg
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(j, h)| {
-            HostPattern::parse(h).map_err(|e| ConfigError::new(format!("rules[{i}].hosts[{j}]"), e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let methods = if cfg.methods.iter().any(|m| m == "*") {
-        Methods::Any
-    } else {
-        for (j, m) in cfg.methods.iter().enumerate() {
-            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+            if !ids.insert(cfg.id.clone()) {
                 return Err(ConfigError::new(
-                    format!("rules[{i}].methods[{j}]"),
-                    format!("{m:?} is not an upper-case method name"),
+                    format!("rules[{i}].id"),
+                    format!("{:?} is used twice", cfg.id),
                 ));
             }
+            let rule = Rule::compile(cfg, &names, self.mode)
+                .map_err(|(field, message)| ConfigError::new(format!("rules[{i}].{field}"), message))?;
+            rules.push(rule);
         }
-        Methods::List(cfg.methods)
-    };
-    for (j, p) in cfg.paths.iter().enumerate() {
-        p.validate().map_err(|e| ConfigError::new(format!("rules[{i}].paths[{j}]"), e))?;
+        let issuers = Issuers::new(issuers, self.settings.max_token_bytes);
+        let engine = Engine::new(
+            self.name,
+            self.version,
+            self.mode,
+            issuers,
+            Policy::new(rules),
+            self.revoked,
+            self.settings,
+        );
+        Ok((engine, warnings))
     }
-    let subjects = cfg
-        .subjects
-        .iter()
-        .enumerate()
-        .map(|(j, s)| Glob::new(s).map_err(|e| ConfigError::new(format!("rules[{i}].subjects[{j}]"), e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    for (j, name) in cfg.issuers.iter().enumerate() {
-        if !issuer_names.contains(name) {
-            return Err(ConfigError::new(
-                format!("rules[{i}].issuers[{j}]"),
-                format!("no issuer is named {name:?}"),
-            ));
-        }
-    }
-    Ok(Rule {
-        id: cfg.id,
-        effect: cfg.effect,
-        hosts,
-        methods,
-        paths: cfg.paths,
-        subjects,
-        issuers: cfg.issuers,
-    })
 }
 
 fn is_header_name(name: &str) -> bool {

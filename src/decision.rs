@@ -45,6 +45,8 @@ pub enum Reason {
     RequestPathRejected,
     /// The request lacks a method, path or host, or uses a method that cannot be authorized.
     RequestMalformed,
+    /// A header that a policy condition reads arrived more than once.
+    RequestHeaderRepeated,
     /// Something went wrong inside the plugin; the request is denied (fail closed).
     InternalError,
 }
@@ -72,6 +74,7 @@ impl Reason {
             Reason::PolicyDenied => "policy_denied",
             Reason::RequestPathRejected => "request_path_rejected",
             Reason::RequestMalformed => "request_malformed",
+            Reason::RequestHeaderRepeated => "request_header_repeated",
             Reason::InternalError => "internal_error",
         }
     }
@@ -81,7 +84,7 @@ impl Reason {
         match self {
             Reason::Allowed => 200,
             Reason::PolicyNoMatch | Reason::PolicyDenied => 403,
-            Reason::RequestPathRejected | Reason::RequestMalformed => 400,
+            Reason::RequestPathRejected | Reason::RequestMalformed | Reason::RequestHeaderRepeated => 400,
             Reason::InternalError => 500,
             _ => 401,
         }
@@ -93,7 +96,7 @@ impl Reason {
     }
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::Allowed,
         Reason::TokenMissing,
         Reason::TokenMultiple,
@@ -113,6 +116,7 @@ impl Reason {
         Reason::PolicyDenied,
         Reason::RequestPathRejected,
         Reason::RequestMalformed,
+        Reason::RequestHeaderRepeated,
         Reason::InternalError,
     ];
 }
@@ -138,22 +142,35 @@ pub struct Decision {
     pub reason: Reason,
     /// The id of the rule that decided, or `None` when no rule did (token problems, default deny).
     pub rule_id: Option<String>,
+    /// The deciding rule is a break-glass rule: audit at high severity.
+    pub break_glass: bool,
 }
 
 impl Decision {
     /// An allow by the given rule.
     pub fn allow(rule_id: &str) -> Self {
-        Decision { allowed: true, reason: Reason::Allowed, rule_id: Some(rule_id.to_owned()) }
+        Decision {
+            allowed: true,
+            reason: Reason::Allowed,
+            rule_id: Some(rule_id.to_owned()),
+            break_glass: false,
+        }
     }
 
     /// A denial that no rule decided.
     pub fn deny(reason: Reason) -> Self {
-        Decision { allowed: false, reason, rule_id: None }
+        Decision { allowed: false, reason, rule_id: None, break_glass: false }
     }
 
     /// A denial by the given rule.
     pub fn deny_by(reason: Reason, rule_id: &str) -> Self {
-        Decision { allowed: false, reason, rule_id: Some(rule_id.to_owned()) }
+        Decision { allowed: false, reason, rule_id: Some(rule_id.to_owned()), break_glass: false }
+    }
+
+    /// Marks the decision as made by a break-glass rule (or not).
+    pub fn with_break_glass(mut self, break_glass: bool) -> Self {
+        self.break_glass = break_glass;
+        self
     }
 
     /// The rule id for display: the deciding rule, or `default-deny` / `-`.

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use crate::cache::{digest, CacheStats, TokenCache};
 use crate::config::{Revoked, Settings};
 use crate::decision::{Decision, Reason};
-use crate::policy::Policy;
+use crate::policy::{Evaluation, Mode, Policy, PolicyInput};
 use crate::request::RequestTarget;
 use crate::token::{bearer_token, Issuers, VerifiedToken};
 
@@ -23,6 +23,10 @@ pub struct HttpRequest<'a> {
     pub path: Option<&'a str>,
     /// Every `Authorization` header value, in order.
     pub authorization: Vec<&'a str>,
+    /// All request headers (lower-case names), for header conditions.
+    pub headers: Vec<(&'a str, &'a str)>,
+    /// The mTLS peer's identity (URI SAN of its certificate), if any.
+    pub peer: Option<&'a str>,
 }
 
 /// The result of authorizing a request, with what is known about it for audit and forwarding.
@@ -36,11 +40,27 @@ pub struct Outcome {
     pub identity: Option<Rc<VerifiedToken>>,
     /// Whether the token came from the verified-token cache (`None`: no token was looked up).
     pub cache_hit: Option<bool>,
+    /// The decision dry-run rules would have made, when it differs from `decision`.
+    pub dry_run: Option<Decision>,
+    /// Whether `decision` is acted on (`enforce`), or only reported (`dry-run` bundle).
+    pub mode: Mode,
 }
 
 impl Outcome {
-    fn rejected(reason: Reason, target: Option<RequestTarget>) -> Self {
-        Outcome { decision: Decision::deny(reason), target, identity: None, cache_hit: None }
+    fn rejected(reason: Reason, target: Option<RequestTarget>, mode: Mode) -> Self {
+        Outcome {
+            decision: Decision::deny(reason),
+            target,
+            identity: None,
+            cache_hit: None,
+            dry_run: None,
+            mode,
+        }
+    }
+
+    /// Whether the request goes upstream: allowed, or any decision in a dry-run bundle.
+    pub fn lets_through(&self) -> bool {
+        self.decision.allowed || self.mode == Mode::DryRun
     }
 }
 
@@ -50,6 +70,8 @@ pub struct Engine {
     pub name: String,
     /// Bundle version label.
     pub version: String,
+    /// Enforce decisions, or only report them.
+    pub mode: Mode,
     issuers: Issuers,
     policy: Policy,
     revoked_token_ids: HashSet<String>,
@@ -62,6 +84,7 @@ impl Engine {
     pub(crate) fn new(
         name: String,
         version: String,
+        mode: Mode,
         issuers: Issuers,
         policy: Policy,
         revoked: Revoked,
@@ -70,6 +93,7 @@ impl Engine {
         Engine {
             name,
             version,
+            mode,
             issuers,
             policy,
             revoked_token_ids: revoked.token_ids.into_iter().collect(),
@@ -100,27 +124,42 @@ impl Engine {
     }
 
     /// Decides a request as of `now` (unix seconds; the host's clock, or a recording's time).
+    ///
+    /// A presented token must verify (401 otherwise). Without a token, only rules on the mTLS
+    /// peer can allow; if none does, the answer is 401 `token_missing` so the caller learns
+    /// what to send.
     pub fn authorize(&self, request: &HttpRequest<'_>, now: u64) -> Outcome {
         let target = match RequestTarget::new(request.method, request.authority, request.path) {
             Ok(t) => t,
-            Err(reason) => return Outcome::rejected(reason, None),
+            Err(reason) => return Outcome::rejected(reason, None, self.mode),
         };
-        let token = match bearer_token(&request.authorization) {
-            Ok(token) => token,
-            Err(reason) => return Outcome::rejected(reason, Some(target)),
+        let (identity, cache_hit) = match bearer_token(&request.authorization) {
+            Ok(token) => match self.identity(token, now) {
+                Ok((identity, hit)) => (Some(identity), Some(hit)),
+                Err(reason) => {
+                    let rejected = Outcome::rejected(reason, Some(target), self.mode);
+                    return Outcome { cache_hit: Some(false), ..rejected };
+                }
+            },
+            Err(Reason::TokenMissing) => (None, None),
+            Err(reason) => return Outcome::rejected(reason, Some(target), self.mode),
         };
-        let (identity, cache_hit) = match self.identity(token, now) {
-            Ok(found) => found,
-            Err(reason) => {
-                return Outcome { cache_hit: Some(false), ..Outcome::rejected(reason, Some(target)) }
+        let Evaluation { mut decision, dry_run } = match identity.as_deref() {
+            Some(token) if self.is_revoked(token) => {
+                Evaluation { decision: Decision::deny(Reason::TokenRevoked), dry_run: None }
             }
+            token => self.policy.evaluate(&PolicyInput {
+                target: &target,
+                headers: &request.headers,
+                token,
+                peer: request.peer,
+                now,
+            }),
         };
-        let decision = if self.is_revoked(&identity) {
-            Decision::deny(Reason::TokenRevoked)
-        } else {
-            self.policy.evaluate(&target, &identity)
-        };
-        Outcome { decision, target: Some(target), identity: Some(identity), cache_hit: Some(cache_hit) }
+        if identity.is_none() && decision.reason == Reason::PolicyNoMatch {
+            decision = Decision::deny(Reason::TokenMissing);
+        }
+        Outcome { decision, target: Some(target), identity, cache_hit, dry_run, mode: self.mode }
     }
 
     /// The verified identity of a token, and whether it came from the cache; a token verified now

@@ -35,6 +35,7 @@ fn decide(engine: &Engine, auth: &str, now: u64) -> Reason {
         authority: Some("h"),
         path: Some("/x"),
         authorization: vec![auth],
+        ..Default::default()
     };
     engine.authorize(&request, now).decision.reason
 }
@@ -107,6 +108,7 @@ fn upstream_headers_carry_the_identity_and_replace_client_copies() {
         authority: Some("h"),
         path: Some("/x"),
         authorization: vec![&auth],
+        ..Default::default()
     };
     let outcome = engine.authorize(&request, NOW);
     assert!(outcome.decision.allowed);

@@ -7,6 +7,7 @@
 use meshward::dev::{SigningKey, TokenSpec};
 use meshward::render::{envoy_bootstrap, EnvoyOptions};
 use meshward::{BundleConfig, HttpRequest, Reason};
+use serde_json::json;
 
 const NOW: u64 = 1_800_000_000;
 
@@ -24,45 +25,125 @@ fn envoy_yaml_is_the_rendering_of_the_registry_bundle() {
     );
 }
 
-#[test]
-fn registry_bundle_decides_the_demo_requests() {
-    let (engine, warnings) = BundleConfig::from_json(repo_file("policies/registry.json").as_bytes())
-        .and_then(BundleConfig::compile)
-        .unwrap();
+fn load(rel: &str) -> meshward::Engine {
+    let (engine, warnings) =
+        BundleConfig::from_json(repo_file(rel).as_bytes()).and_then(BundleConfig::compile).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
-    let key = SigningKey::demo("demo-2026-1");
-    let token = |sub: &str| {
-        key.sign(&TokenSpec::new(
-            "https://issuer.example.internal",
-            sub,
-            "registry.example.internal",
-            NOW,
-            300,
-        ))
-        .unwrap()
+    engine
+}
+
+/// Signs demo tokens: subject, extra claims, and how long ago the token was issued.
+fn demo_token(sub: &str, claims: serde_json::Value, age: u64, now: u64) -> String {
+    let issuer = if sub.starts_with("spiffe://partners.") {
+        "https://partners.example.internal"
+    } else {
+        "https://issuer.example.internal"
     };
-    let builder = format!("Bearer {}", token("spiffe://example.internal/ci/builder/web"));
-    let reader = format!("Bearer {}", token("spiffe://example.internal/apps/web"));
-    let decide = |method: &str, path: &str, auth: &str| {
-        let request = HttpRequest {
-            method: Some(method),
+    let mut spec = TokenSpec::new(issuer, sub, "registry.example.internal", now - age, age + 300);
+    spec.claims = claims.as_object().unwrap().clone();
+    format!("Bearer {}", SigningKey::demo("demo-2026-1").sign(&spec).unwrap())
+}
+
+fn registry_decision(
+    engine: &meshward::Engine,
+    method: &str,
+    path: &str,
+    auth: &str,
+    now: u64,
+) -> (Reason, String) {
+    let request = HttpRequest {
+        method: Some(method),
+        authority: Some("registry.example.internal"),
+        path: Some(path),
+        authorization: vec![auth],
+        ..Default::default()
+    };
+    let d = engine.authorize(&request, now).decision;
+    (d.reason, d.rule_label().to_string())
+}
+
+fn allowed(rule: &str) -> (Reason, String) {
+    (Reason::Allowed, rule.to_string())
+}
+
+fn no_rule() -> (Reason, String) {
+    (Reason::PolicyNoMatch, "default-deny".to_string())
+}
+
+#[test]
+fn registry_bundle_keeps_read_write_and_promote_apart() {
+    let engine = load("policies/registry.json");
+    let decide = |method: &str, path: &str, auth: &str| registry_decision(&engine, method, path, auth, NOW);
+    let builder = demo_token("spiffe://example.internal/ci/builder/web", json!({}), 0, NOW);
+    let reader = demo_token("spiffe://example.internal/apps/web", json!({}), 0, NOW);
+    let bot = demo_token("spiffe://example.internal/ci/release-bot", json!({}), 60, NOW);
+    let stale_bot = demo_token("spiffe://example.internal/ci/release-bot", json!({}), 600, NOW);
+
+    // Everyone pulls, including the version check every client starts with.
+    assert_eq!(decide("GET", "/v2/", &reader), allowed("pull-workloads"));
+    assert_eq!(decide("GET", "/v2/prod/web/manifests/1.0", &reader), allowed("pull-workloads"));
+    assert_eq!(decide("HEAD", "/v2/prod/web/blobs/sha256:ab", &reader), allowed("pull-workloads"));
+    assert_eq!(decide("GET", "/v2/team/a/b/tags/list", &reader), allowed("pull-workloads"));
+    // Builders push to dev/ (blob upload session, chunks, manifest) and nowhere else.
+    assert_eq!(decide("POST", "/v2/dev/web/blobs/uploads/", &builder), allowed("push-dev-builders"));
+    assert_eq!(decide("PATCH", "/v2/dev/web/blobs/uploads/5f2c", &builder), allowed("push-dev-builders"));
+    assert_eq!(decide("PUT", "/v2/dev/web/manifests/1.0", &builder), allowed("push-dev-builders"));
+    assert_eq!(decide("PUT", "/v2/prod/web/manifests/1.0", &builder), no_rule());
+    assert_eq!(decide("PUT", "/v2/dev/web/manifests/1.0", &reader), no_rule());
+    // A repository literally named like a route segment does not confuse the match.
+    assert_eq!(decide("PUT", "/v2/dev/manifests/manifests/1.0", &builder), allowed("push-dev-builders"));
+    // Promotion: only the release bot, only into prod/, only with a fresh token.
+    assert_eq!(decide("PUT", "/v2/prod/web/manifests/1.0", &bot), allowed("promote-release-bot"));
+    assert_eq!(decide("PUT", "/v2/prod/web/manifests/1.0", &stale_bot), no_rule());
+    assert_eq!(decide("PUT", "/v2/dev/web/manifests/1.0", &bot), no_rule());
+    // Methods outside the presets are not granted by them.
+    assert_eq!(decide("DELETE", "/v2/dev/web/manifests/1.0", &builder), no_rule());
+    assert_eq!(decide("POST", "/v2/dev/web/manifests/1.0", &builder), no_rule());
+}
+
+#[test]
+fn registry_bundle_time_bound_partner_and_break_glass() {
+    let engine = load("policies/registry.json");
+    let acme = demo_token("spiffe://partners.example.internal/acme/ci", json!({}), 0, NOW);
+    // The contract runs through 2026: allowed inside, denied before and after.
+    let during = 1_790_000_000; // 2026-09
+    let acme_during = demo_token("spiffe://partners.example.internal/acme/ci", json!({}), 0, during);
+    assert_eq!(
+        registry_decision(&engine, "GET", "/v2/partners/acme/sdk/manifests/2", &acme_during, during),
+        allowed("partner-acme-pull")
+    );
+    assert_eq!(
+        registry_decision(&engine, "GET", "/v2/partners/other/sdk/manifests/2", &acme_during, during),
+        no_rule()
+    );
+    assert_eq!(
+        registry_decision(&engine, "GET", "/v2/prod/web/manifests/2", &acme_during, during),
+        no_rule()
+    );
+    assert_eq!(registry_decision(&engine, "GET", "/v2/partners/acme/sdk/manifests/2", &acme, NOW), no_rule());
+    let before = 1_760_000_000; // 2025-10
+    let acme_before = demo_token("spiffe://partners.example.internal/acme/ci", json!({}), 0, before);
+    assert_eq!(
+        registry_decision(&engine, "GET", "/v2/partners/acme/sdk/manifests/2", &acme_before, before),
+        no_rule()
+    );
+
+    // Break-glass deletes need an incident ticket, are flagged, and never touch prod/.
+    let oncall = demo_token("spiffe://example.internal/oncall/ann", json!({"ticket": "INC-4711"}), 0, NOW);
+    let no_ticket = demo_token("spiffe://example.internal/oncall/ann", json!({}), 0, NOW);
+    let request = |path: &'static str, auth: &str| {
+        let r = HttpRequest {
+            method: Some("DELETE"),
             authority: Some("registry.example.internal"),
             path: Some(path),
             authorization: vec![auth],
+            ..Default::default()
         };
-        let d = engine.authorize(&request, NOW).decision;
-        (d.reason, d.rule_label().to_string())
+        engine.authorize(&r, NOW).decision
     };
-    let allowed = |rule: &str| (Reason::Allowed, rule.to_string());
-    assert_eq!(decide("GET", "/v2/prod/web/manifests/1.0", &reader), allowed("pull-any-workload"));
-    assert_eq!(decide("HEAD", "/v2/prod/web/blobs/sha256:ab", &reader), allowed("pull-any-workload"));
-    assert_eq!(decide("PUT", "/v2/dev/web/manifests/1.0", &builder), allowed("push-dev-builders"));
-    assert_eq!(decide("POST", "/v2/dev/web/blobs/uploads/", &builder), allowed("push-dev-builders"));
-    let no_rule = (Reason::PolicyNoMatch, "default-deny".to_string());
-    assert_eq!(decide("PUT", "/v2/dev/web/manifests/1.0", &reader), no_rule);
-    assert_eq!(decide("PUT", "/v2/prod/web/manifests/1.0", &builder), no_rule);
-    assert_eq!(
-        decide("DELETE", "/v2/dev/web/manifests/1.0", &builder),
-        (Reason::PolicyDenied, "no-delete-through-mesh".to_string())
-    );
+    let d = request("/v2/dev/web/manifests/sha256:ab", &oncall);
+    assert!(d.allowed && d.break_glass && d.rule_label() == "break-glass-delete", "{d:?}");
+    assert_eq!(request("/v2/dev/web/manifests/sha256:ab", &no_ticket).reason, Reason::PolicyNoMatch);
+    let d = request("/v2/prod/web/manifests/sha256:ab", &oncall);
+    assert_eq!((d.reason, d.rule_label()), (Reason::PolicyDenied, "prod-is-immutable"));
 }

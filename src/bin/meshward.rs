@@ -113,6 +113,12 @@ enum DevCommand {
         /// Issue time (unix seconds); default now.
         #[arg(long)]
         now: Option<u64>,
+        /// Backdate the token: issued this many seconds before now (the lifetime still counts from now).
+        #[arg(long, default_value_t = 0)]
+        age: u64,
+        /// Extra claim NAME=VALUE; VALUE is JSON if it parses as JSON, else a string. Repeatable.
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
     },
 }
 
@@ -211,7 +217,7 @@ fn dev(command: DevCommand) -> Result<(), Failure> {
             let refs: Vec<&SigningKey> = loaded.iter().collect();
             println!("{}", jwks(&refs));
         }
-        DevCommand::Token { key, demo, iss, sub, aud, ttl, jti, now } => {
+        DevCommand::Token { key, demo, iss, sub, aud, ttl, jti, now, age, claims } => {
             let key = match (key, demo) {
                 (Some(path), _) => load_key(&path)?,
                 (None, Some(kid)) => SigningKey::demo(&kid),
@@ -223,6 +229,14 @@ fn dev(command: DevCommand) -> Result<(), Failure> {
             spec.audiences = aud;
             spec.expires_at = Some(now.saturating_add_signed(ttl));
             spec.token_id = jti;
+            spec.issued_at = Some(now.saturating_sub(age));
+            for claim in claims {
+                let (name, value) = claim
+                    .split_once('=')
+                    .ok_or_else(|| Failure(2, format!("--claim {claim:?}: expected NAME=VALUE")))?;
+                let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::from(value));
+                spec.claims.insert(name.to_owned(), value);
+            }
             println!("{}", key.sign(&spec).map_err(fail)?);
         }
     }

@@ -24,6 +24,12 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, metrics: None }) });
 }}
 
+/// The mTLS peer's identity: the first URI SAN of its certificate (a SPIFFE ID under Istio).
+fn peer_identity() -> Option<String> {
+    let bytes = hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"]).ok()??;
+    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+}
+
 /// The host's clock, in unix seconds.
 fn now_secs() -> Option<u64> {
     hostcalls::get_current_time().ok()?.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
@@ -115,7 +121,8 @@ impl HttpContext for Request {
             return send_deny(Some(&engine), Reason::InternalError, None);
         };
 
-        let mut request = HttpRequest::default();
+        let peer = if engine.policy().uses_peers() { peer_identity() } else { None };
+        let mut request = HttpRequest { peer: peer.as_deref(), ..HttpRequest::default() };
         let mut request_id = None;
         for (name, value) in &headers {
             // A header we read that is not UTF-8 cannot be a valid value for it: leave it unset
@@ -129,6 +136,8 @@ impl HttpContext for Request {
                 "x-request-id" => request_id = value,
                 _ => {}
             }
+            // Non-UTF-8 values count as present (a repeated header still denies) but never equal.
+            request.headers.push((name.as_str(), value.unwrap_or("\u{fffd}")));
         }
         let outcome = engine.authorize(&request, now);
         log(LogLevel::Info, &AuditRecord::new(&engine.name, &request, &outcome, now, request_id).to_json());
@@ -136,7 +145,7 @@ impl HttpContext for Request {
             metrics.record(&outcome);
         }
 
-        if !outcome.decision.allowed {
+        if !outcome.lets_through() {
             return send_deny(Some(&engine), outcome.decision.reason, request_id);
         }
         match forward_identity(&engine, &outcome) {

@@ -1,0 +1,764 @@
+//! One rule: as written in a bundle (`RuleConfig`), and compiled (`Rule`).
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::pattern::{Captures, Glob, HostPattern, PathTemplate};
+use super::registry::{self, RegistryAction};
+use super::PolicyInput;
+use crate::token::VerifiedToken;
+
+/// Whether a matching rule allows or denies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Enforce a rule, or only evaluate and report it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    DryRun,
+}
+
+/// A point in time: unix seconds, or an RFC 3339 string such as `2026-12-31T23:59:59Z`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum Timestamp {
+    Unix(u64),
+    Rfc3339(String),
+}
+
+impl Timestamp {
+    /// Unix seconds.
+    pub fn to_unix(&self) -> Result<u64, String> {
+        match self {
+            Timestamp::Unix(t) => Ok(*t),
+            Timestamp::Rfc3339(s) => parse_rfc3339(s),
+        }
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`.
+fn parse_rfc3339(s: &str) -> Result<u64, String> {
+    let err = || format!("{s:?} is not an RFC 3339 time such as 2026-12-31T23:59:59Z");
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Result<i64, String> {
+        let part = s.get(from..from + len).ok_or_else(err)?;
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(err());
+        }
+        part.parse::<i64>().map_err(|_| err())
+    };
+    let sep = |at: usize, allowed: &[u8]| b.get(at).is_some_and(|c| allowed.contains(c));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return Err(err());
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return Err(err());
+    }
+    let mut rest = s.get(19..).ok_or_else(err)?;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        rest = frac.get(digits..).ok_or_else(err)?;
+    }
+    let offset = match rest.as_bytes() {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2]
+            if [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()) =>
+        {
+            let digit = |c: &u8| i64::from(c - b'0');
+            let minutes = (digit(h1) * 10 + digit(h2)) * 60 + digit(m1) * 10 + digit(m2);
+            if *sign == b'-' {
+                -minutes * 60
+            } else {
+                minutes * 60
+            }
+        }
+        _ => return Err(err()),
+    };
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    u64::try_from(secs).map_err(|_| err())
+}
+
+/// A path pattern as written: `{"exact": ...}`, `{"prefix": ...}` or `{"template": ...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum PathConfig {
+    /// The path equals this string.
+    Exact(String),
+    /// Segment-aware prefix: `/v2/dev` matches `/v2/dev` and `/v2/dev/...`, not `/v2/devil`.
+    Prefix(String),
+    /// Segments with captures: `/v2/{repo:**}/manifests/{ref}`; `*` is one segment, `**` any.
+    Template(String),
+}
+
+/// Registry actions on repositories (OCI distribution API).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `pull`, `push`, `delete`, `promote`.
+    pub actions: Vec<RegistryAction>,
+    /// Repository globs (`dev/**`, `team/*`); `*` stays within one path segment.
+    pub repositories: Vec<String>,
+}
+
+/// A condition on a claim, a header or a path capture: the subject (`claim`, `header` or
+/// `capture`) and one test.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ConditionConfig {
+    /// A claim of the verified token; dotted paths reach nested claims (`kubernetes.io.namespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// A request header (lower-case name). A header a condition reads must not arrive twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A named capture of the rule's path template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
+    /// Equal to this value. In capture conditions, `${claim.NAME}`, `${sub}` and `${peer}` are
+    /// replaced by the caller's values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<Value>,
+    /// Equal to one of these values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<Value>>,
+    /// A string matching this glob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glob: Option<String>,
+    /// A string starting with this text (interpolated like `equals`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_with: Option<String>,
+    /// An array containing this value (or a space-separated string containing this word).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<Value>,
+    /// Present (`true`) or absent (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+}
+
+/// One access rule as written in a bundle.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique id, reported in every decision the rule makes.
+    pub id: String,
+    /// What the rule is for.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Who answers for the rule.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
+    /// `allow` (default) or `deny`; deny wins over allow.
+    #[serde(default)]
+    pub effect: Effect,
+    /// `enforce`, or `dry-run` to evaluate and report the rule without acting on it. Defaults to
+    /// the bundle's mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Emergency access: every decision by this rule is audited at high severity.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+    /// The rule is inactive before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
+    /// The rule is inactive after this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// Hosts: exact names, `*.domain` or `*`; case-insensitive, port ignored.
+    pub hosts: Vec<String>,
+    /// HTTP methods, exact and case-sensitive (`GET`, `PUT` ...), or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Paths the methods apply to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathConfig>,
+    /// Registry actions instead of `methods` and `paths`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryConfig>,
+    /// Conditions on request headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ConditionConfig>,
+    /// Issuer names the token must come from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<String>,
+    /// Subject (`sub`, e.g. a SPIFFE ID) globs; one must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+    /// Conditions on token claims; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<ConditionConfig>,
+    /// Scopes the token must all carry (`scope` string or `scp` array).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// mTLS peer identity globs (the peer certificate's URI SAN); one must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    /// The token must have been issued (`iat`) at most this many seconds ago.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_age_seconds: Option<u64>,
+    /// Conditions tying path captures to the caller (`{"capture": "repo", "starts_with":
+    /// "${claim.kubernetes.io.namespace}/"}`); all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<ConditionConfig>,
+}
+
+/// Text with `${...}` references to the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Claim(String),
+    Subject,
+    Peer,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Interpolated(Vec<Part>);
+
+impl Interpolated {
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            if start > 0 {
+                parts.push(Part::Text(rest.get(..start).unwrap_or_default().to_owned()));
+            }
+            let after = rest.get(start + 2..).unwrap_or_default();
+            let end = after.find('}').ok_or_else(|| format!("unclosed `${{` in {text:?}"))?;
+            let name = after.get(..end).unwrap_or_default();
+            parts.push(match name {
+                "sub" => Part::Subject,
+                "peer" => Part::Peer,
+                _ => match name.strip_prefix("claim.") {
+                    Some(claim) if !claim.is_empty() => Part::Claim(claim.to_owned()),
+                    _ => {
+                        return Err(format!(
+                            "unknown reference `${{{name}}}` (use ${{sub}}, ${{peer}} or ${{claim.NAME}})"
+                        ))
+                    }
+                },
+            });
+            rest = after.get(end + 1..).unwrap_or_default();
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Interpolated(parts))
+    }
+
+    fn is_literal(&self) -> bool {
+        self.0.iter().all(|p| matches!(p, Part::Text(_)))
+    }
+
+    fn render(&self, token: Option<&VerifiedToken>, peer: Option<&str>) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Subject => out.push_str(&token?.subject),
+                Part::Peer => out.push_str(peer?),
+                Part::Claim(c) => match token?.claim(c)? {
+                    Value::String(s) => out.push_str(&s),
+                    Value::Number(n) => out.push_str(&n.to_string()),
+                    _ => return None,
+                },
+            }
+        }
+        Some(out)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Test {
+    Equals(Value),
+    EqualsText(Interpolated),
+    OneOf(Vec<Value>),
+    Glob(Glob),
+    StartsWith(Interpolated),
+    Contains(Value),
+    Exists(bool),
+}
+
+impl Test {
+    fn compile(c: &ConditionConfig, interpolate: bool) -> Result<Self, String> {
+        let mut tests = Vec::new();
+        if let Some(v) = &c.equals {
+            tests.push(match v {
+                Value::String(s) if interpolate => {
+                    let text = Interpolated::parse(s)?;
+                    if text.is_literal() {
+                        Test::Equals(v.clone())
+                    } else {
+                        Test::EqualsText(text)
+                    }
+                }
+                _ => Test::Equals(v.clone()),
+            });
+        }
+        if let Some(v) = &c.one_of {
+            tests.push(Test::OneOf(v.clone()));
+        }
+        if let Some(g) = &c.glob {
+            tests.push(Test::Glob(Glob::new(g)?));
+        }
+        if let Some(s) = &c.starts_with {
+            let text =
+                if interpolate { Interpolated::parse(s)? } else { Interpolated(vec![Part::Text(s.clone())]) };
+            tests.push(Test::StartsWith(text));
+        }
+        if let Some(v) = &c.contains {
+            tests.push(Test::Contains(v.clone()));
+        }
+        if let Some(e) = c.exists {
+            tests.push(Test::Exists(e));
+        }
+        match tests.len() {
+            1 => Ok(tests.remove(0)),
+            0 => Err("needs one test: equals, one_of, glob, starts_with, contains or exists".into()),
+            _ => Err("has more than one test; write one condition per test".into()),
+        }
+    }
+
+    fn uses_peer(&self) -> bool {
+        let refers = |t: &Interpolated| t.0.contains(&Part::Peer);
+        match self {
+            Test::EqualsText(t) | Test::StartsWith(t) => refers(t),
+            _ => false,
+        }
+    }
+
+    fn holds(&self, value: Option<&Value>, token: Option<&VerifiedToken>, peer: Option<&str>) -> bool {
+        match (self, value) {
+            (Test::Exists(want), v) => v.is_some() == *want,
+            (_, None) => false,
+            (Test::Equals(want), Some(v)) => v == want,
+            (Test::EqualsText(t), Some(Value::String(s))) => t.render(token, peer).is_some_and(|w| w == *s),
+            (Test::OneOf(list), Some(v)) => list.contains(v),
+            (Test::Glob(g), Some(Value::String(s))) => g.matches(s),
+            (Test::StartsWith(t), Some(Value::String(s))) => {
+                t.render(token, peer).is_some_and(|w| s.starts_with(&w))
+            }
+            (Test::Contains(want), Some(Value::Array(items))) => items.contains(want),
+            (Test::Contains(Value::String(word)), Some(Value::String(s))) => s.split(' ').any(|w| w == word),
+            _ => false,
+        }
+    }
+}
+
+/// Methods a route covers: a list, or any (`None`).
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Exact method names; `None` for any method.
+    pub methods: Option<Vec<String>>,
+    /// The path pattern.
+    pub path: PathTemplate,
+}
+
+/// One compiled rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// Unique id.
+    pub id: String,
+    /// Who answers for it.
+    pub owner: String,
+    /// Why it exists.
+    pub description: String,
+    /// Allow or deny.
+    pub effect: Effect,
+    /// Enforced, or only reported.
+    pub mode: Mode,
+    /// Emergency access, audited at high severity.
+    pub break_glass: bool,
+    /// Active from (unix seconds).
+    pub not_before: Option<u64>,
+    /// Active until (unix seconds).
+    pub expires_at: Option<u64>,
+    hosts: Vec<HostPattern>,
+    routes: Vec<Route>,
+    repositories: Vec<Glob>,
+    headers: Vec<(String, Test)>,
+    issuers: Vec<String>,
+    subjects: Vec<Glob>,
+    claims: Vec<(String, Test)>,
+    scopes: Vec<String>,
+    peers: Vec<Glob>,
+    max_token_age: Option<u64>,
+    captures: Vec<(String, Test)>,
+    needs_token: bool,
+}
+
+impl Rule {
+    /// Compiles a rule. `issuer_names` are the bundle's issuers; `default_mode` the bundle's mode.
+    pub fn compile(
+        cfg: RuleConfig,
+        issuer_names: &HashSet<String>,
+        default_mode: Mode,
+    ) -> Result<Self, (String, String)> {
+        let e = |field: &str, msg: String| (field.to_owned(), msg);
+        if cfg.id.is_empty() {
+            return Err(e("id", "must not be empty".into()));
+        }
+        if cfg.hosts.is_empty() {
+            return Err(e("hosts", "must not be empty (a rule that matches nothing is a mistake)".into()));
+        }
+        let hosts = cfg
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(j, h)| HostPattern::parse(h).map_err(|m| e(&format!("hosts[{j}]"), m)))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut routes = Vec::new();
+        let mut repositories = Vec::new();
+        match &cfg.registry {
+            Some(reg) => {
+                if !cfg.methods.is_empty() || !cfg.paths.is_empty() {
+                    return Err(e(
+                        "registry",
+                        "a registry rule has no `methods` or `paths` of its own".into(),
+                    ));
+                }
+                if reg.actions.is_empty() {
+                    return Err(e("registry.actions", "must not be empty".into()));
+                }
+                if reg.repositories.is_empty() {
+                    return Err(e("registry.repositories", "must not be empty (use \"**\" for all)".into()));
+                }
+                for (j, r) in reg.repositories.iter().enumerate() {
+                    repositories
+                        .push(Glob::new(r).map_err(|m| e(&format!("registry.repositories[{j}]"), m))?);
+                }
+                routes.push(Route {
+                    methods: Some(vec!["GET".into(), "HEAD".into()]),
+                    path: PathTemplate::exact(registry::BASE).map_err(|m| e("registry", m))?,
+                });
+                let mut seen = HashSet::new();
+                for action in &reg.actions {
+                    for (methods, template) in registry::routes(*action) {
+                        if !seen.insert((*methods, *template)) {
+                            continue;
+                        }
+                        routes.push(Route {
+                            methods: Some(methods.iter().map(|m| (*m).to_owned()).collect()),
+                            path: PathTemplate::template(template).map_err(|m| e("registry", m))?,
+                        });
+                    }
+                }
+            }
+            None => {
+                if cfg.methods.is_empty() {
+                    return Err(e("methods", "must not be empty (or use `registry`)".into()));
+                }
+                if cfg.paths.is_empty() {
+                    return Err(e("paths", "must not be empty (or use `registry`)".into()));
+                }
+                let methods = if cfg.methods.iter().any(|m| m == "*") {
+                    None
+                } else {
+                    for (j, m) in cfg.methods.iter().enumerate() {
+                        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                            return Err(e(
+                                &format!("methods[{j}]"),
+                                format!("{m:?} is not an upper-case method name"),
+                            ));
+                        }
+                    }
+                    Some(cfg.methods.clone())
+                };
+                for (j, p) in cfg.paths.iter().enumerate() {
+                    let path = match p {
+                        PathConfig::Exact(p) => PathTemplate::exact(p),
+                        PathConfig::Prefix(p) => PathTemplate::prefix(p),
+                        PathConfig::Template(p) => PathTemplate::template(p),
+                    }
+                    .map_err(|m| e(&format!("paths[{j}]"), m))?;
+                    routes.push(Route { methods: methods.clone(), path });
+                }
+            }
+        }
+
+        let capture_names: HashSet<&str> = routes.iter().flat_map(|r| r.path.capture_names()).collect();
+        let conditions = |list: &[ConditionConfig],
+                          field: &str,
+                          kind: &str|
+         -> Result<Vec<(String, Test)>, (String, String)> {
+            let mut out = Vec::new();
+            for (j, c) in list.iter().enumerate() {
+                let at = format!("{field}[{j}]");
+                let subject = match kind {
+                    "claim" if c.header.is_none() && c.capture.is_none() => c.claim.clone(),
+                    "header" if c.claim.is_none() && c.capture.is_none() => c.header.clone(),
+                    "capture" if c.claim.is_none() && c.header.is_none() => c.capture.clone(),
+                    _ => None,
+                };
+                let Some(subject) = subject.filter(|s| !s.is_empty()) else {
+                    return Err(e(&at, format!("each entry names one `{kind}` (and nothing else to test)")));
+                };
+                if kind == "header" && subject.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err(e(&at, format!("header {subject:?} must be written in lower case")));
+                }
+                if kind == "capture" && !capture_names.contains(subject.as_str()) {
+                    return Err(e(&at, format!("no path template of this rule captures {subject:?}")));
+                }
+                out.push((subject, Test::compile(c, kind == "capture").map_err(|m| e(&at, m))?));
+            }
+            Ok(out)
+        };
+        let headers = conditions(&cfg.headers, "headers", "header")?;
+        let claims = conditions(&cfg.claims, "claims", "claim")?;
+        let captures = conditions(&cfg.conditions, "conditions", "capture")?;
+
+        for (j, name) in cfg.issuers.iter().enumerate() {
+            if !issuer_names.contains(name) {
+                return Err(e(&format!("issuers[{j}]"), format!("no issuer is named {name:?}")));
+            }
+        }
+        let globs = |list: &[String], field: &str| {
+            list.iter()
+                .enumerate()
+                .map(|(j, s)| Glob::new(s).map_err(|m| e(&format!("{field}[{j}]"), m)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let subjects = globs(&cfg.subjects, "subjects")?;
+        let peers = globs(&cfg.peers, "peers")?;
+        let needs_token = !cfg.issuers.is_empty()
+            || !subjects.is_empty()
+            || !claims.is_empty()
+            || !cfg.scopes.is_empty()
+            || cfg.max_token_age_seconds.is_some();
+        if !needs_token && peers.is_empty() {
+            return Err(e(
+                "subjects",
+                "a rule must say who it is for: subjects, issuers, claims, scopes or peers (subjects: [\"**\"] for any verified token)".into(),
+            ));
+        }
+        let not_before =
+            cfg.not_before.as_ref().map(Timestamp::to_unix).transpose().map_err(|m| e("not_before", m))?;
+        let expires_at =
+            cfg.expires_at.as_ref().map(Timestamp::to_unix).transpose().map_err(|m| e("expires_at", m))?;
+        if let (Some(nb), Some(exp)) = (not_before, expires_at) {
+            if nb >= exp {
+                return Err(e("expires_at", "must be after not_before".into()));
+            }
+        }
+        Ok(Rule {
+            id: cfg.id,
+            owner: cfg.owner,
+            description: cfg.description,
+            effect: cfg.effect,
+            mode: cfg.mode.unwrap_or(default_mode),
+            break_glass: cfg.break_glass,
+            not_before,
+            expires_at,
+            hosts,
+            routes,
+            repositories,
+            headers,
+            issuers: cfg.issuers,
+            subjects,
+            claims,
+            scopes: cfg.scopes,
+            peers,
+            max_token_age: cfg.max_token_age_seconds,
+            captures,
+            needs_token,
+        })
+    }
+
+    pub(super) fn hosts(&self) -> &[HostPattern] {
+        &self.hosts
+    }
+
+    pub(super) fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub(super) fn header_names(&self) -> impl Iterator<Item = &str> {
+        self.headers.iter().map(|(h, _)| h.as_str())
+    }
+
+    /// Whether the rule reads the mTLS peer identity.
+    pub fn uses_peers(&self) -> bool {
+        !self.peers.is_empty() || self.captures.iter().any(|(_, t)| t.uses_peer())
+    }
+
+    /// Whether the rule can only match a request that carries a verified token.
+    pub fn needs_token(&self) -> bool {
+        self.needs_token
+    }
+
+    /// Whether the rule matches, trying every route; the first reason it does not, otherwise.
+    pub fn check(&self, input: &PolicyInput<'_>) -> Result<(), String> {
+        if !self.hosts.iter().any(|h| h.matches(&input.target.host)) {
+            return Err(format!("host {:?} is not covered", input.target.host));
+        }
+        // Report the route that got furthest: past method and path, its reason is the telling one.
+        let mut best: Option<(u8, String)> = None;
+        for route in 0..self.routes.len() {
+            match self.check_route(route, input) {
+                Ok(()) => return Ok(()),
+                Err(why) => {
+                    let depth = if why.starts_with("method ") {
+                        0
+                    } else if why.starts_with("path ") {
+                        1
+                    } else {
+                        2
+                    };
+                    if best.as_ref().is_none_or(|(d, _)| depth > *d) {
+                        best = Some((depth, why));
+                    }
+                }
+            }
+        }
+        Err(best.map_or_else(|| "no route".to_string(), |(_, why)| why))
+    }
+
+    /// Whether the rule matches through one route (host already matched by the index, or not:
+    /// it is checked again here only by `check`).
+    pub(super) fn check_route(&self, route: usize, input: &PolicyInput<'_>) -> Result<(), String> {
+        let route = self.routes.get(route).ok_or("no such route")?;
+        let target = input.target;
+        if let Some(methods) = &route.methods {
+            if !methods.contains(&target.method) {
+                return Err(format!("method {} is not covered", target.method));
+            }
+        }
+        let captures =
+            route.path.matches(&target.path).ok_or_else(|| format!("path {} is not covered", target.path))?;
+        if !self.repositories.is_empty() {
+            let repo = capture(&captures, "repo").unwrap_or_default();
+            if !self.repositories.iter().any(|g| g.matches(repo)) {
+                return Err(format!("repository {repo:?} is not covered"));
+            }
+        }
+        if let Some(nb) = self.not_before {
+            if input.now < nb {
+                return Err("not active yet (not_before)".into());
+            }
+        }
+        if let Some(exp) = self.expires_at {
+            if input.now > exp {
+                return Err("expired (expires_at)".into());
+            }
+        }
+        for (name, test) in &self.headers {
+            let value = input.headers.iter().find(|(h, _)| h == name).map(|(_, v)| Value::from(*v));
+            if !test.holds(value.as_ref(), input.token, input.peer) {
+                return Err(format!("header {name} does not satisfy its condition"));
+            }
+        }
+        if !self.peers.is_empty() {
+            let peer = input.peer.ok_or("no mTLS peer identity")?;
+            if !self.peers.iter().any(|g| g.matches(peer)) {
+                return Err(format!("peer {peer:?} is not covered"));
+            }
+        }
+        if self.needs_token {
+            let token = input.token.ok_or("no verified token")?;
+            self.check_token(token, input.now)?;
+        }
+        for (name, test) in &self.captures {
+            let value = capture(&captures, name).map(Value::from);
+            if !test.holds(value.as_ref(), input.token, input.peer) {
+                return Err(format!("capture {name} does not satisfy its condition"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_token(&self, token: &VerifiedToken, now: u64) -> Result<(), String> {
+        if !self.issuers.is_empty() && !self.issuers.contains(&token.issuer_name) {
+            return Err(format!("issuer {} is not covered", token.issuer_name));
+        }
+        if !self.subjects.is_empty() && !self.subjects.iter().any(|g| g.matches(&token.subject)) {
+            return Err(format!("subject {:?} is not covered", token.subject));
+        }
+        for (claim, test) in &self.claims {
+            if !test.holds(token.claim(claim).as_ref(), Some(token), None) {
+                return Err(format!("claim {claim} does not satisfy its condition"));
+            }
+        }
+        if !self.scopes.is_empty() {
+            let granted = token.scopes();
+            if let Some(missing) = self.scopes.iter().find(|s| !granted.contains(&s.as_str())) {
+                return Err(format!("scope {missing:?} is missing"));
+            }
+        }
+        if let Some(max_age) = self.max_token_age {
+            let iat = token.issued_at.ok_or("token has no iat, needed for max_token_age_seconds")?;
+            if now.saturating_sub(iat) > max_age {
+                return Err(format!("token is older than {max_age} s"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn capture<'p>(captures: &Captures<'p>, name: &str) -> Option<&'p str> {
+    captures.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
+
+impl VerifiedToken {
+    /// The token's scopes: the space-separated `scope` claim (RFC 8693 / 9068) or the `scp` array.
+    pub fn scopes(&self) -> Vec<&str> {
+        match (self.claims.get("scope"), self.claims.get("scp")) {
+            (Some(Value::String(s)), _) => s.split(' ').filter(|s| !s.is_empty()).collect(),
+            (_, Some(Value::Array(items))) => items.iter().filter_map(Value::as_str).collect(),
+            (_, Some(Value::String(s))) => s.split(' ').filter(|s| !s.is_empty()).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_rfc3339("2026-12-31T23:59:59Z"), Ok(1_798_761_599));
+        assert_eq!(parse_rfc3339("2026-12-31T23:59:59.5+01:00"), Ok(1_798_757_999));
+        assert_eq!(parse_rfc3339("2000-02-29T12:00:00-00:30"), Ok(951_827_400));
+        for bad in
+            ["2026-13-01T00:00:00Z", "2026-12-31", "2026-12-31T23:59:59", "x", "2026-12-31T23:59:59+0100"]
+        {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn interpolation() {
+        let t = Interpolated::parse("${claim.kubernetes.io.namespace}/").unwrap();
+        assert_eq!(t.0, vec![Part::Claim("kubernetes.io.namespace".into()), Part::Text("/".into())]);
+        assert!(Interpolated::parse("${nope}").is_err());
+        assert!(Interpolated::parse("${sub").is_err());
+        assert!(Interpolated::parse("plain").unwrap().is_literal());
+    }
+}

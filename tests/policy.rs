@@ -1,0 +1,437 @@
+//! The policy language: matching, conditions, modes, and the index agreeing with a full scan.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use meshward::dev::{jwks, SigningKey, TokenSpec};
+use meshward::policy::PolicyInput;
+use meshward::request::RequestTarget;
+use meshward::token::Algorithm;
+use meshward::{BundleConfig, Engine, HttpRequest, Reason};
+use serde_json::{json, Value};
+
+const NOW: u64 = 1_800_000_000;
+
+fn key() -> SigningKey {
+    SigningKey::generate(Algorithm::EdDSA, "k").unwrap()
+}
+
+fn compile(key: &SigningKey, rules: Value, extra: Value) -> Result<Engine, meshward::ConfigError> {
+    let mut bundle = json!({
+        "name": "t",
+        "issuers": [
+            {"name": "mesh", "issuer": "https://mesh.test", "audiences": ["api"], "algorithms": ["EdDSA"], "jwks": jwks(&[key])},
+            {"name": "sso", "issuer": "https://sso.test", "audiences": ["api"], "algorithms": ["EdDSA"], "jwks": jwks(&[key])},
+        ],
+        "rules": rules,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        bundle[k] = v.clone();
+    }
+    BundleConfig::from_json(bundle.to_string().as_bytes())?.compile().map(|(e, _)| e)
+}
+
+fn token(key: &SigningKey, iss: &str, sub: &str, claims: Value) -> String {
+    let mut spec = TokenSpec::new(iss, sub, "api", NOW - 60, 360);
+    spec.claims = claims.as_object().unwrap().clone();
+    format!("Bearer {}", key.sign(&spec).unwrap())
+}
+
+struct Req<'a> {
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    auth: Option<&'a str>,
+    headers: Vec<(&'a str, &'a str)>,
+    peer: Option<&'a str>,
+}
+
+impl<'a> Req<'a> {
+    fn new(method: &'a str, path: &'a str, auth: Option<&'a str>) -> Self {
+        Req { method, host: "api.test", path, auth, headers: vec![], peer: None }
+    }
+    fn run(&self, engine: &Engine) -> meshward::Outcome {
+        let request = HttpRequest {
+            method: Some(self.method),
+            authority: Some(self.host),
+            path: Some(self.path),
+            authorization: self.auth.into_iter().collect(),
+            headers: self.headers.clone(),
+            peer: self.peer,
+        };
+        engine.authorize(&request, NOW)
+    }
+    fn decide(&self, engine: &Engine) -> (Reason, String) {
+        let d = self.run(engine).decision;
+        (d.reason, d.rule_label().to_string())
+    }
+}
+
+fn allowed(rule: &str) -> (Reason, String) {
+    (Reason::Allowed, rule.into())
+}
+
+fn denied(reason: Reason) -> (Reason, String) {
+    (reason, if reason == Reason::PolicyNoMatch { "default-deny" } else { "-" }.into())
+}
+
+#[test]
+fn templates_tie_captures_to_claims() {
+    let k = key();
+    let rules = json!([{
+        "id": "own-namespace", "hosts": ["api.test"], "methods": ["PUT"],
+        "paths": [{"template": "/v2/{repo:**}/manifests/{ref}"}],
+        "issuers": ["mesh"], "subjects": ["system:serviceaccount:*:*"],
+        "conditions": [{"capture": "repo", "starts_with": "${claim.kubernetes.io.namespace}/"}],
+    }]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let ci = token(
+        &k,
+        "https://mesh.test",
+        "system:serviceaccount:ci:builder",
+        json!({"kubernetes.io": {"namespace": "ci"}}),
+    );
+    let no_ns = token(&k, "https://mesh.test", "system:serviceaccount:ci:builder", json!({}));
+    assert_eq!(
+        Req::new("PUT", "/v2/ci/app/manifests/1", Some(&ci)).decide(&engine),
+        allowed("own-namespace")
+    );
+    assert_eq!(
+        Req::new("PUT", "/v2/ci/manifests/1", Some(&ci)).decide(&engine),
+        denied(Reason::PolicyNoMatch),
+        "ci is not under ci/"
+    );
+    assert_eq!(
+        Req::new("PUT", "/v2/cix/app/manifests/1", Some(&ci)).decide(&engine),
+        denied(Reason::PolicyNoMatch)
+    );
+    assert_eq!(
+        Req::new("PUT", "/v2/other/app/manifests/1", Some(&ci)).decide(&engine),
+        denied(Reason::PolicyNoMatch)
+    );
+    assert_eq!(
+        Req::new("PUT", "/v2/ci/app/manifests/1", Some(&no_ns)).decide(&engine),
+        denied(Reason::PolicyNoMatch)
+    );
+}
+
+#[test]
+fn claim_conditions_scopes_and_issuers() {
+    let k = key();
+    let rules = json!([
+        {"id": "admins", "hosts": ["api.test"], "methods": ["*"], "paths": [{"prefix": "/admin"}], "issuers": ["sso"],
+         "subjects": ["**"],
+         "claims": [{"claim": "groups", "contains": "payments-admins"}, {"claim": "email", "glob": "*@example.com"},
+                    {"claim": "mfa", "equals": true}, {"claim": "region", "one_of": ["eu", "us"]},
+                    {"claim": "suspended", "exists": false}]},
+        {"id": "scoped", "hosts": ["api.test"], "methods": ["POST"], "paths": [{"exact": "/refunds"}],
+         "subjects": ["**"], "scopes": ["refunds:write", "payments"]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let good = json!({"groups": ["staff", "payments-admins"], "email": "ann@example.com", "mfa": true, "region": "eu"});
+    let admin = token(&k, "https://sso.test", "ann", good.clone());
+    assert_eq!(Req::new("DELETE", "/admin/users/7", Some(&admin)).decide(&engine), allowed("admins"));
+    for (field, value) in [
+        ("groups", json!(["staff"])),
+        ("email", json!("ann@evil.com")),
+        ("mfa", json!(false)),
+        ("region", json!("apac")),
+        ("suspended", json!(true)),
+    ] {
+        let mut claims = good.clone();
+        claims[field] = value;
+        let t = token(&k, "https://sso.test", "ann", claims);
+        assert_eq!(
+            Req::new("GET", "/admin", Some(&t)).decide(&engine),
+            denied(Reason::PolicyNoMatch),
+            "{field}"
+        );
+    }
+    // The same claims from another issuer do not count.
+    let wrong_issuer = token(&k, "https://mesh.test", "ann", good);
+    assert_eq!(Req::new("GET", "/admin", Some(&wrong_issuer)).decide(&engine), denied(Reason::PolicyNoMatch));
+
+    let both = token(&k, "https://mesh.test", "svc", json!({"scope": "payments refunds:write"}));
+    let scp = token(&k, "https://mesh.test", "svc", json!({"scp": ["refunds:write", "payments"]}));
+    let one = token(&k, "https://mesh.test", "svc", json!({"scope": "refunds:write"}));
+    assert_eq!(Req::new("POST", "/refunds", Some(&both)).decide(&engine), allowed("scoped"));
+    assert_eq!(Req::new("POST", "/refunds", Some(&scp)).decide(&engine), allowed("scoped"));
+    assert_eq!(Req::new("POST", "/refunds", Some(&one)).decide(&engine), denied(Reason::PolicyNoMatch));
+}
+
+#[test]
+fn header_conditions_and_repeated_headers() {
+    let k = key();
+    let rules = json!([{"id": "canary", "hosts": ["api.test"], "methods": ["GET"], "paths": [{"prefix": "/"}],
+        "subjects": ["**"], "headers": [{"header": "x-env", "one_of": ["canary", "stage"]}]}]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "svc", json!({}));
+    let mut r = Req::new("GET", "/x", Some(&t));
+    assert_eq!(r.decide(&engine), denied(Reason::PolicyNoMatch));
+    r.headers = vec![("x-env", "canary")];
+    assert_eq!(r.decide(&engine), allowed("canary"));
+    r.headers = vec![("x-env", "prod")];
+    assert_eq!(r.decide(&engine), denied(Reason::PolicyNoMatch));
+    r.headers = vec![("x-env", "canary"), ("x-env", "prod")];
+    assert_eq!(r.decide(&engine), denied(Reason::RequestHeaderRepeated));
+    assert_eq!(Reason::RequestHeaderRepeated.http_status(), 400);
+    // Headers no condition reads may repeat.
+    r.headers = vec![("x-env", "canary"), ("accept", "a"), ("accept", "b")];
+    assert_eq!(r.decide(&engine), allowed("canary"));
+}
+
+#[test]
+fn method_override_headers_change_nothing() {
+    let k = key();
+    let rules = json!([{"id": "read", "hosts": ["api.test"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]}]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "svc", json!({}));
+    let mut r = Req::new("DELETE", "/x", Some(&t));
+    r.headers = vec![("x-http-method-override", "GET"), ("x-method-override", "GET")];
+    assert_eq!(r.decide(&engine), denied(Reason::PolicyNoMatch));
+    assert_eq!(Req::new("DELETE", "/x?_method=GET", Some(&t)).decide(&engine), denied(Reason::PolicyNoMatch));
+    assert_eq!(Req::new("get", "/x", Some(&t)).decide(&engine), denied(Reason::PolicyNoMatch));
+}
+
+#[test]
+fn peer_identity_alone_or_with_a_token() {
+    let k = key();
+    let rules = json!([
+        {"id": "mesh-health", "hosts": ["*"], "methods": ["GET"], "paths": [{"exact": "/health"}],
+         "peers": ["spiffe://cluster.local/ns/monitoring/**"]},
+        {"id": "both", "hosts": ["*"], "methods": ["POST"], "paths": [{"exact": "/jobs"}],
+         "peers": ["spiffe://cluster.local/ns/ci/sa/runner"], "subjects": ["spiffe://cluster.local/ns/ci/sa/runner"]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let mut health = Req::new("GET", "/health", None);
+    assert_eq!(health.decide(&engine), denied(Reason::TokenMissing), "no peer, no token: ask for a token");
+    health.peer = Some("spiffe://cluster.local/ns/monitoring/sa/prom");
+    assert_eq!(health.decide(&engine), allowed("mesh-health"));
+    health.peer = Some("spiffe://cluster.local/ns/web/sa/x");
+    assert_eq!(health.decide(&engine), denied(Reason::TokenMissing));
+
+    let t = token(&k, "https://mesh.test", "spiffe://cluster.local/ns/ci/sa/runner", json!({}));
+    let mut jobs = Req::new("POST", "/jobs", Some(&t));
+    assert_eq!(jobs.decide(&engine), denied(Reason::PolicyNoMatch), "token without the peer");
+    jobs.peer = Some("spiffe://cluster.local/ns/ci/sa/runner");
+    assert_eq!(jobs.decide(&engine), allowed("both"));
+    jobs.auth = None;
+    assert_eq!(jobs.decide(&engine), denied(Reason::TokenMissing), "peer without the token");
+}
+
+#[test]
+fn deny_overrides_allow_and_dry_run_rules_only_report() {
+    let k = key();
+    let rules = json!([
+        {"id": "read-all", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
+        {"id": "no-secrets", "effect": "deny", "hosts": ["*"], "methods": ["*"], "paths": [{"prefix": "/secrets"}], "subjects": ["**"]},
+        {"id": "new-deny", "effect": "deny", "mode": "dry-run", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/internal"}], "subjects": ["**"]},
+        {"id": "new-allow", "mode": "dry-run", "hosts": ["*"], "methods": ["PUT"], "paths": [{"prefix": "/drafts"}], "subjects": ["**"]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "svc", json!({}));
+    assert_eq!(
+        Req::new("GET", "/secrets/k", Some(&t)).decide(&engine),
+        (Reason::PolicyDenied, "no-secrets".into())
+    );
+    let o = Req::new("GET", "/internal/x", Some(&t)).run(&engine);
+    assert!(o.decision.allowed, "dry-run deny does not block");
+    let shadow = o.dry_run.expect("the dry-run rule would deny");
+    assert_eq!((shadow.reason, shadow.rule_label()), (Reason::PolicyDenied, "new-deny"));
+    let o = Req::new("PUT", "/drafts/1", Some(&t)).run(&engine);
+    assert_eq!(o.decision.reason, Reason::PolicyNoMatch, "dry-run allow does not allow");
+    assert_eq!(o.dry_run.map(|d| d.rule_label().to_string()), Some("new-allow".into()));
+    let o = Req::new("GET", "/public", Some(&t)).run(&engine);
+    assert!(o.decision.allowed && o.dry_run.is_none(), "no disagreement, nothing to report");
+}
+
+#[test]
+fn a_dry_run_bundle_lets_everything_through_but_reports_it() {
+    let k = key();
+    let rules = json!([{"id": "read", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]}]);
+    let engine = compile(&k, rules, json!({"mode": "dry-run"})).unwrap();
+    let t = token(&k, "https://mesh.test", "svc", json!({}));
+    let o = Req::new("PUT", "/x", Some(&t)).run(&engine);
+    assert_eq!(o.decision.reason, Reason::PolicyNoMatch);
+    assert!(o.lets_through());
+    let o = Req::new("GET", "/x", Some("Bearer not.a.token")).run(&engine);
+    assert_eq!(o.decision.reason, Reason::TokenMalformed);
+    assert!(o.lets_through(), "token problems too are only reported in a dry-run bundle");
+}
+
+#[test]
+fn hosts_ports_and_case() {
+    let k = key();
+    let rules = json!([
+        {"id": "exact", "hosts": ["API.Example.com"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
+        {"id": "wild", "hosts": ["*.svc.test"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "svc", json!({}));
+    for host in ["api.example.com", "API.EXAMPLE.COM:8443", "api.example.com."] {
+        let mut r = Req::new("GET", "/Case", Some(&t));
+        r.host = host;
+        assert_eq!(r.decide(&engine), allowed("exact"), "{host}");
+    }
+    for (host, expect) in [
+        ("a.svc.test", allowed("wild")),
+        ("a.b.svc.test", allowed("wild")),
+        ("svc.test", denied(Reason::PolicyNoMatch)),
+    ] {
+        let mut r = Req::new("GET", "/", Some(&t));
+        r.host = host;
+        assert_eq!(r.decide(&engine), expect, "{host}");
+    }
+}
+
+#[test]
+fn bad_rules_are_refused_with_their_field() {
+    let k = key();
+    let base = json!({"id": "r", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]});
+    let cases = [
+        (json!({"subjects": []}), "rules[0].subjects"),
+        (json!({"methods": ["get"]}), "rules[0].methods[0]"),
+        (json!({"paths": [{"template": "/a/{x}/{x}"}]}), "rules[0].paths[0]"),
+        (json!({"paths": [{"prefix": "/a/../b"}]}), "rules[0].paths[0]"),
+        (json!({"conditions": [{"capture": "nope", "equals": "x"}]}), "rules[0].conditions[0]"),
+        (json!({"claims": [{"claim": "a", "equals": 1, "glob": "x"}]}), "rules[0].claims[0]"),
+        (json!({"claims": [{"header": "a", "equals": 1}]}), "rules[0].claims[0]"),
+        (json!({"headers": [{"header": "X-Env", "equals": "a"}]}), "rules[0].headers[0]"),
+        (json!({"issuers": ["nobody"]}), "rules[0].issuers[0]"),
+        (
+            json!({"not_before": "2027-01-01T00:00:00Z", "expires_at": "2026-01-01T00:00:00Z"}),
+            "rules[0].expires_at",
+        ),
+        (json!({"expires_at": "next tuesday"}), "rules[0].expires_at"),
+        (json!({"registry": {"actions": ["pull"], "repositories": ["**"]}}), "rules[0].registry"),
+    ];
+    for (patch, field) in cases {
+        let mut rule = base.clone();
+        for (k2, v) in patch.as_object().unwrap() {
+            rule[k2] = v.clone();
+        }
+        let err = compile(&k, json!([rule]), json!({})).err().unwrap_or_else(|| panic!("accepted {patch}"));
+        assert_eq!(err.field, field, "{patch}: {err}");
+    }
+    let dup = compile(&k, json!([base.clone(), base]), json!({})).err().unwrap();
+    assert_eq!(dup.field, "rules[1].id");
+}
+
+/// The index must never change a decision: compare it with checking every rule in order.
+#[test]
+fn the_index_agrees_with_a_full_scan() {
+    let k = key();
+    let hosts = ["a.test", "b.test", "*.c.test", "*"];
+    let methods = [json!(["GET"]), json!(["PUT", "POST"]), json!(["*"])];
+    let paths = [
+        json!({"prefix": "/v2/"}),
+        json!({"exact": "/v2/"}),
+        json!({"template": "/v2/{repo:**}/manifests/{ref}"}),
+        json!({"template": "/api/*/items/**"}),
+        json!({"prefix": "/"}),
+        json!({"prefix": "/api/x"}),
+    ];
+    let subjects = ["svc-a", "svc-*", "**"];
+    let mut rules = Vec::new();
+    let mut n = 0usize;
+    // A deterministic pseudo-random mix of rules.
+    let mut seed = 0x2545_f491_u64;
+    let mut next = |m: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % m as u64) as usize
+    };
+    for _ in 0..300 {
+        n += 1;
+        rules.push(json!({
+            "id": format!("r{n}"),
+            "effect": if next(5) == 0 { "deny" } else { "allow" },
+            "hosts": [hosts[next(hosts.len())]],
+            "methods": methods[next(methods.len())],
+            "paths": [paths[next(paths.len())]],
+            "subjects": [subjects[next(subjects.len())]],
+        }));
+    }
+    let engine = compile(&k, json!(rules), json!({})).unwrap();
+    let identities: Vec<_> = ["svc-a", "svc-b", "other"]
+        .iter()
+        .map(|s| {
+            let spec = TokenSpec::new("https://mesh.test", s, "api", NOW, 300);
+            engine.issuers().verify(&k.sign(&spec).unwrap(), NOW).unwrap()
+        })
+        .collect();
+    let request_hosts = ["a.test", "b.test", "x.c.test", "c.test", "z.test"];
+    let request_paths = ["/v2/", "/v2/app/manifests/1", "/api/7/items/a/b", "/api/x/y", "/other", "/v2"];
+    let request_methods = ["GET", "PUT", "POST", "DELETE"];
+    let mut checked = 0;
+    for host in request_hosts {
+        for path in request_paths {
+            for method in request_methods {
+                for identity in &identities {
+                    let target = RequestTarget::new(Some(method), Some(host), Some(path)).unwrap();
+                    let input = PolicyInput {
+                        target: &target,
+                        headers: &[],
+                        token: Some(identity),
+                        peer: None,
+                        now: NOW,
+                    };
+                    let indexed = engine.policy().evaluate(&input).decision;
+                    let traces = engine.policy().explain(&input);
+                    let matched: Vec<_> = engine
+                        .policy()
+                        .rules()
+                        .iter()
+                        .zip(&traces)
+                        .filter(|(_, t)| t.mismatch.is_none())
+                        .collect();
+                    let expected =
+                        match matched.iter().find(|(r, _)| r.effect == meshward::policy::Effect::Deny) {
+                            Some((r, _)) => (Reason::PolicyDenied, r.id.clone()),
+                            None => match matched.first() {
+                                Some((r, _)) => (Reason::Allowed, r.id.clone()),
+                                None => (Reason::PolicyNoMatch, "default-deny".into()),
+                            },
+                        };
+                    assert_eq!(
+                        (indexed.reason, indexed.rule_label().to_string()),
+                        expected,
+                        "{method} {host}{path} {}",
+                        identity.subject
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 5 * 6 * 4 * 3);
+}
+
+#[test]
+fn explain_says_why_each_rule_did_not_match() {
+    let k = key();
+    let rules = json!([
+        {"id": "wrong-host", "hosts": ["other.test"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
+        {"id": "wrong-method", "hosts": ["*"], "methods": ["PUT"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
+        {"id": "wrong-subject", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["svc-b"]},
+        {"id": "expired", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"], "expires_at": NOW - 1},
+        {"id": "match", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let spec = TokenSpec::new("https://mesh.test", "svc-a", "api", NOW, 300);
+    let identity = engine.issuers().verify(&k.sign(&spec).unwrap(), NOW).unwrap();
+    let target = RequestTarget::new(Some("GET"), Some("api.test"), Some("/x")).unwrap();
+    let input = PolicyInput { target: &target, headers: &[], token: Some(&identity), peer: None, now: NOW };
+    let why: Vec<_> =
+        engine.policy().explain(&input).into_iter().map(|t| t.mismatch.unwrap_or_default()).collect();
+    assert_eq!(
+        why,
+        [
+            "host \"api.test\" is not covered".to_string(),
+            "method GET is not covered".into(),
+            "subject \"svc-a\" is not covered".into(),
+            "expired (expires_at)".into(),
+            String::new(),
+        ]
+    );
+}
