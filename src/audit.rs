@@ -1,8 +1,22 @@
-//! Audit records: one JSON line per decision. Never contains the token itself.
+//! Audit records: one JSON line per decision, and one per configuration load. Never the token.
+//!
+//! The decision record's fields are a stable, documented schema (README, "Audit records").
+
+use std::cell::Cell;
 
 use serde::Serialize;
 
+use crate::decision::Decision;
 use crate::engine::{HttpRequest, Outcome};
+use crate::policy::Mode;
+
+/// The decision that dry-run rules would have made, when it differs from the enforced one.
+#[derive(Debug, Serialize)]
+pub struct DryRunRecord<'a> {
+    pub decision: &'static str,
+    pub reason: &'static str,
+    pub rule: &'a str,
+}
 
 /// One decision, as written to the audit trail.
 #[derive(Debug, Serialize)]
@@ -12,30 +26,48 @@ pub struct AuditRecord<'a> {
     pub kind: &'static str,
     /// Unix seconds when the decision was made.
     pub time: u64,
+    /// `x-request-id`, if present.
+    pub request_id: Option<&'a str>,
     /// The bundle that decided.
     pub bundle: &'a str,
-    /// `allow` or `deny`.
+    /// `enforce`, or `dry-run` when the bundle only reports (the request went upstream anyway).
+    pub mode: &'static str,
+    /// `allow` or `deny`: the decision of the enforced rules.
     pub decision: &'static str,
     /// Stable reason code.
     pub reason: &'static str,
     /// Deciding rule id, `default-deny`, or `-`.
     pub rule: &'a str,
-    /// Verified subject, if any.
+    /// `info`, `warning` (denials, dry-run disagreements) or `high` (break-glass).
+    pub severity: &'static str,
+    /// The deciding rule is a break-glass rule.
+    pub break_glass: bool,
+    /// What dry-run rules would have decided, when that differs.
+    pub dry_run: Option<DryRunRecord<'a>>,
+    /// Verified subject (SPIFFE ID, service account, user ...), if a token verified.
     pub subject: Option<&'a str>,
-    /// Issuer name, if the token verified.
+    /// Issuer name, if a token verified.
     pub issuer: Option<&'a str>,
     /// `jti`, if the token verified and carried one.
     pub token_id: Option<&'a str>,
-    /// Token expiry, if the token verified.
+    /// Token expiry (unix seconds), if a token verified.
     pub token_expires_at: Option<u64>,
+    /// The mTLS peer identity, if the policy reads it and the connection had one.
+    pub peer: Option<&'a str>,
     /// Request method.
     pub method: Option<&'a str>,
     /// Request host, normalized (as sent when the request was rejected as malformed).
     pub host: Option<&'a str>,
     /// Request path without query (as sent, with query, when the request was rejected).
     pub path: Option<&'a str>,
-    /// `x-request-id`, if present.
-    pub request_id: Option<&'a str>,
+}
+
+fn verdict(d: &Decision) -> &'static str {
+    if d.allowed {
+        "allow"
+    } else {
+        "deny"
+    }
 }
 
 impl<'a> AuditRecord<'a> {
@@ -47,23 +79,44 @@ impl<'a> AuditRecord<'a> {
         time: u64,
         request_id: Option<&'a str>,
     ) -> Self {
-        let identity = outcome.identity.as_ref();
+        let identity = outcome.identity.as_deref();
         let target = outcome.target.as_ref();
+        let decision = &outcome.decision;
+        let dry_run = outcome.dry_run.as_ref().map(|d| DryRunRecord {
+            decision: verdict(d),
+            reason: d.reason.code(),
+            rule: d.rule_label(),
+        });
+        let severity = if decision.break_glass {
+            "high"
+        } else if !decision.allowed || dry_run.is_some() {
+            "warning"
+        } else {
+            "info"
+        };
         AuditRecord {
             kind: "decision",
             time,
+            request_id,
             bundle,
-            decision: if outcome.decision.allowed { "allow" } else { "deny" },
-            reason: outcome.decision.reason.code(),
-            rule: outcome.decision.rule_label(),
+            mode: match outcome.mode {
+                Mode::Enforce => "enforce",
+                Mode::DryRun => "dry-run",
+            },
+            decision: verdict(decision),
+            reason: decision.reason.code(),
+            rule: decision.rule_label(),
+            severity,
+            break_glass: decision.break_glass,
+            dry_run,
             subject: identity.map(|i| i.subject.as_str()),
             issuer: identity.map(|i| i.issuer_name.as_str()),
             token_id: identity.and_then(|i| i.token_id.as_deref()),
             token_expires_at: identity.map(|i| i.expires_at),
+            peer: request.peer,
             method: target.map(|t| t.method.as_str()).or(request.method),
             host: target.map(|t| t.host.as_str()).or(request.authority),
             path: target.map(|t| t.path.as_str()).or(request.path),
-            request_id,
         }
     }
 
@@ -72,6 +125,40 @@ impl<'a> AuditRecord<'a> {
         // Serializing these plain fields cannot fail; fall back to a minimal record regardless.
         serde_json::to_string(self)
             .unwrap_or_else(|_| format!("{{\"type\":\"decision\",\"reason\":\"{}\"}}", self.reason))
+    }
+}
+
+/// Decides which decisions are written. Denials, dry-run disagreements, break-glass decisions and
+/// write-like methods always are; plain reads that were allowed are sampled at `allow_sample_rate`
+/// (deterministically: exactly that share of them, spread evenly).
+#[derive(Debug)]
+pub struct AuditSampler {
+    rate: f64,
+    credit: Cell<f64>,
+}
+
+impl AuditSampler {
+    /// A sampler keeping `rate` (0.0 to 1.0) of plain allows.
+    pub fn new(rate: f64) -> Self {
+        AuditSampler { rate: rate.clamp(0.0, 1.0), credit: Cell::new(0.0) }
+    }
+
+    /// Whether to write the record of this outcome.
+    pub fn keep(&self, outcome: &Outcome) -> bool {
+        let d = &outcome.decision;
+        let read =
+            outcome.target.as_ref().is_some_and(|t| matches!(t.method.as_str(), "GET" | "HEAD" | "OPTIONS"));
+        if !d.allowed || d.break_glass || outcome.dry_run.is_some() || outcome.mode == Mode::DryRun || !read {
+            return true;
+        }
+        let credit = self.credit.get() + self.rate;
+        if credit >= 1.0 {
+            self.credit.set(credit - 1.0);
+            true
+        } else {
+            self.credit.set(credit);
+            false
+        }
     }
 }
 
@@ -85,20 +172,27 @@ pub struct LoadRecord<'a> {
     pub time: u64,
     /// SHA-256 of the configuration bytes, hex: identifies exactly what was loaded.
     pub sha256: String,
-    /// Bundle name and version, when the bundle was accepted.
+    /// Bundle name, when the bundle was accepted.
     pub bundle: Option<&'a str>,
+    /// Bundle version, when accepted.
     pub version: Option<&'a str>,
-    /// Counts, when accepted.
+    /// Rule count, when accepted.
     pub rules: Option<usize>,
+    /// Issuer count, when accepted.
     pub issuers: Option<usize>,
     /// Why it was refused.
     pub error: Option<String>,
 }
 
+/// SHA-256 of bytes, as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hmac_sha256::Hash::hash(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl<'a> LoadRecord<'a> {
     /// The record of an accepted or refused configuration.
     pub fn new(config: &[u8], result: Result<&'a crate::Engine, &crate::ConfigError>, time: u64) -> Self {
-        let sha256 = hmac_sha256::Hash::hash(config).iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = sha256_hex(config);
         match result {
             Ok(engine) => LoadRecord {
                 kind: "policy_load",

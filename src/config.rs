@@ -108,6 +108,11 @@ pub struct Settings {
     pub claim_headers: std::collections::BTreeMap<String, String>,
     /// Remove the `Authorization` header before the request goes upstream.
     pub remove_token: bool,
+    /// Share of allowed reads (GET, HEAD, OPTIONS) to audit, 0.0 to 1.0; denials, writes,
+    /// dry-run disagreements and break-glass decisions are always audited.
+    pub audit_allow_sample_rate: f64,
+    /// Leave the reason code out of deny bodies and challenges (it stays in the audit record).
+    pub hide_deny_reason: bool,
 }
 
 impl Default for Settings {
@@ -120,6 +125,8 @@ impl Default for Settings {
             token_cache_entries: 10_000,
             claim_headers: Default::default(),
             remove_token: false,
+            audit_allow_sample_rate: 1.0,
+            hide_deny_reason: false,
         }
     }
 }
@@ -173,6 +180,9 @@ impl BundleConfig {
         }
         if !(256..=65536).contains(&s.max_token_bytes) {
             return Err(ConfigError::new("settings.max_token_bytes", "must be between 256 and 65536"));
+        }
+        if !(0.0..=1.0).contains(&s.audit_allow_sample_rate) {
+            return Err(ConfigError::new("settings.audit_allow_sample_rate", "must be between 0.0 and 1.0"));
         }
         if s.token_cache_entries > 1_000_000 {
             return Err(ConfigError::new("settings.token_cache_entries", "must be at most 1000000"));

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
 
+use crate::audit::AuditSampler;
 use crate::cache::{digest, CacheStats, TokenCache};
 use crate::config::{Revoked, Settings};
 use crate::decision::{Decision, Reason};
@@ -78,6 +79,7 @@ pub struct Engine {
     revoked_subjects: HashSet<String>,
     settings: Settings,
     cache: RefCell<TokenCache>,
+    sampler: AuditSampler,
 }
 
 impl Engine {
@@ -99,6 +101,7 @@ impl Engine {
             revoked_token_ids: revoked.token_ids.into_iter().collect(),
             revoked_subjects: revoked.subjects.into_iter().collect(),
             cache: RefCell::new(TokenCache::new(settings.token_cache_entries)),
+            sampler: AuditSampler::new(settings.audit_allow_sample_rate),
             settings,
         }
     }
@@ -116,6 +119,11 @@ impl Engine {
     /// The trusted issuers.
     pub fn issuers(&self) -> &Issuers {
         &self.issuers
+    }
+
+    /// Whether the audit record of this outcome is to be written (see [`AuditSampler`]).
+    pub fn should_audit(&self, outcome: &Outcome) -> bool {
+        self.sampler.keep(outcome)
     }
 
     /// Verified-token cache counters.
@@ -208,20 +216,22 @@ impl Engine {
     /// The local reply for a denial: status, headers and a small JSON body.
     pub fn deny_response(&self, reason: Reason, request_id: Option<&str>) -> DenyResponse {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        let hide = self.settings.hide_deny_reason;
         if reason.is_token_problem() {
             let realm = &self.settings.realm;
             // RFC 6750 3.1: no error code when the request carried no credentials at all.
-            let challenge = if reason == Reason::TokenMissing {
-                format!("Bearer realm=\"{realm}\"")
-            } else {
-                format!(
+            let challenge = match (reason, hide) {
+                (Reason::TokenMissing, _) => format!("Bearer realm=\"{realm}\""),
+                (_, true) => format!("Bearer realm=\"{realm}\", error=\"invalid_token\""),
+                (_, false) => format!(
                     "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
                     reason.code()
-                )
+                ),
             };
             headers.push(("www-authenticate".to_string(), challenge));
         }
-        let body = serde_json::json!({ "reason": reason.code(), "request_id": request_id });
+        let shown = if hide { "denied" } else { reason.code() };
+        let body = serde_json::json!({ "reason": shown, "request_id": request_id });
         DenyResponse { status: reason.http_status(), headers, body: body.to_string() }
     }
 }

@@ -59,6 +59,15 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
+          # Access log with meshward's audit record (filter state `wasm.meshward_audit`; `-` when
+          # the decision was not sampled).
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format:
+                text_format_source:
+                  inline_string: "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %DURATION%ms meshward=%FILTER_STATE(wasm.meshward_audit:PLAIN)%\n"
           route_config:
             virtual_hosts:
             - name: all

@@ -142,3 +142,71 @@ fn header_settings_that_would_clash_are_refused() {
         assert_eq!(err.field, field);
     }
 }
+
+#[test]
+fn deny_responses_follow_rfc_6750_and_can_hide_the_reason() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let shown = engine(&key, json!({}));
+    let r = shown.deny_response(Reason::TokenExpired, Some("req-1"));
+    assert_eq!(r.status, 401);
+    let challenge = r.headers.iter().find(|(k, _)| k == "www-authenticate").unwrap().1.clone();
+    assert_eq!(
+        challenge,
+        r#"Bearer realm="meshward", error="invalid_token", error_description="token_expired""#
+    );
+    assert_eq!(r.body, r#"{"reason":"token_expired","request_id":"req-1"}"#);
+    let missing = shown.deny_response(Reason::TokenMissing, None);
+    assert!(missing
+        .headers
+        .iter()
+        .any(|(k, v)| k == "www-authenticate" && v == r#"Bearer realm="meshward""#));
+    let forbidden = shown.deny_response(Reason::PolicyNoMatch, None);
+    assert_eq!(forbidden.status, 403);
+    assert!(!forbidden.headers.iter().any(|(k, _)| k == "www-authenticate"));
+
+    let hidden = engine(&key, json!({"settings": {"hide_deny_reason": true, "realm": "payments"}}));
+    let r = hidden.deny_response(Reason::TokenExpired, Some("req-2"));
+    let challenge = r.headers.iter().find(|(k, _)| k == "www-authenticate").unwrap().1.clone();
+    assert_eq!(challenge, r#"Bearer realm="payments", error="invalid_token""#);
+    assert_eq!(r.body, r#"{"reason":"denied","request_id":"req-2"}"#);
+}
+
+#[test]
+fn plain_allows_are_sampled_everything_else_is_always_audited() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let engine = engine(&key, json!({"settings": {"audit_allow_sample_rate": 0.25}}));
+    let auth = token(&key, "spiffe://t/a", None, 300);
+    let outcome = |method: &'static str, auth: &str| {
+        let request = HttpRequest {
+            method: Some(method),
+            authority: Some("h"),
+            path: Some("/x"),
+            authorization: vec![auth],
+            ..Default::default()
+        };
+        engine.authorize(&request, NOW)
+    };
+    let kept = (0..100).filter(|_| engine.should_audit(&outcome("GET", &auth))).count();
+    assert_eq!(kept, 25);
+    let denied = (0..10).filter(|_| engine.should_audit(&outcome("GET", "Bearer x"))).count();
+    assert_eq!(denied, 10);
+    let zero = engine_with_sample_rate(&key, 0.0);
+    assert_eq!((0..10).filter(|_| zero.should_audit(&zero.authorize(&get(&auth), NOW))).count(), 0);
+    // Writes are always audited, even at rate 0 (the rule here allows only GET: a denial).
+    let put = HttpRequest { method: Some("PUT"), ..get(&auth) };
+    assert!(zero.should_audit(&zero.authorize(&put, NOW)));
+}
+
+fn engine_with_sample_rate(key: &SigningKey, rate: f64) -> Engine {
+    engine(key, json!({"settings": {"audit_allow_sample_rate": rate}}))
+}
+
+fn get(auth: &str) -> HttpRequest<'_> {
+    HttpRequest {
+        method: Some("GET"),
+        authority: Some("h"),
+        path: Some("/x"),
+        authorization: vec![auth],
+        ..Default::default()
+    }
+}

@@ -14,6 +14,8 @@ pub struct Metrics {
     decisions: HashMap<(bool, Reason), u32>,
     cache_hits: Option<u32>,
     cache_misses: Option<u32>,
+    dry_run_disagreements: Option<u32>,
+    break_glass: Option<u32>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -46,6 +48,8 @@ impl Metrics {
             decisions,
             cache_hits: counter("meshward.token_cache_hits_total"),
             cache_misses: counter("meshward.token_cache_misses_total"),
+            dry_run_disagreements: counter("meshward.dry_run_disagreements_total"),
+            break_glass: counter("meshward.break_glass_total"),
         }
     }
 
@@ -53,6 +57,12 @@ impl Metrics {
     pub fn record(&self, outcome: &Outcome) {
         let key = (outcome.decision.allowed, outcome.decision.reason);
         add(self.decisions.get(&key).copied(), 1);
+        if outcome.dry_run.is_some() {
+            add(self.dry_run_disagreements, 1);
+        }
+        if outcome.decision.break_glass {
+            add(self.break_glass, 1);
+        }
         match outcome.cache_hit {
             Some(true) => add(self.cache_hits, 1),
             Some(false) => add(self.cache_misses, 1),

@@ -140,7 +140,12 @@ impl HttpContext for Request {
             request.headers.push((name.as_str(), value.unwrap_or("\u{fffd}")));
         }
         let outcome = engine.authorize(&request, now);
-        log(LogLevel::Info, &AuditRecord::new(&engine.name, &request, &outcome, now, request_id).to_json());
+        if engine.should_audit(&outcome) {
+            let record = AuditRecord::new(&engine.name, &request, &outcome, now, request_id).to_json();
+            log(LogLevel::Info, &record);
+            // Also as filter state (`wasm.meshward_audit`), for access-log formats.
+            let _ = hostcalls::set_property(vec!["meshward_audit"], Some(record.as_bytes()));
+        }
         if let Some(metrics) = &self.metrics {
             metrics.record(&outcome);
         }

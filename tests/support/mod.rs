@@ -84,7 +84,9 @@ impl Envoy {
         let log_path = dir.join("envoy.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(envoy_binary())
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info", "-c"])
+            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info"])
+            // Access logs are flushed every 10 s by default; tests read them sooner.
+            .args(["--file-flush-interval-msec", "100", "-c"])
             .arg(&config_path)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -113,16 +115,30 @@ impl Envoy {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits (up to 10 s) until the log satisfies `done`; returns the log either way.
+    pub fn wait_for_log(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if done(&log) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The decision records meshward logged so far, parsed.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
         self.log_records("decision")
     }
 
-    /// The JSON records of one type (`decision`, `policy_load` ...) meshward logged so far.
+    /// The JSON records of one type (`decision`, `policy_load` ...) meshward logged so far
+    /// (through Envoy's log; access-log lines that repeat them are not counted).
     pub fn log_records(&self, kind: &str) -> Vec<serde_json::Value> {
         let marker = format!("{{\"type\":\"{kind}\"");
         self.log()
             .lines()
+            .filter(|line| line.contains("][wasm]"))
             .filter_map(|line| line.find(&marker).map(|at| &line[at..]))
             .map(|json| serde_json::from_str(json).expect("audit line is JSON"))
             .collect()

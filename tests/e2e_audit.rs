@@ -1,0 +1,155 @@
+//! End-to-end: after a scripted burst of allowed, denied, dry-run and break-glass requests, the audit
+//! trail, the access log and the Prometheus metrics of a real Envoy account for every request.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use meshward::dev::{jwks, SigningKey, TokenSpec};
+use meshward::token::Algorithm;
+use serde_json::json;
+use support::Envoy;
+
+#[test]
+fn audit_trail_access_log_and_metrics_account_for_every_request() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k1").unwrap();
+    let bundle = json!({
+        "name": "audit-e2e",
+        "version": "7",
+        "issuers": [{"name": "mesh", "issuer": "https://mesh.test", "audiences": ["api"], "algorithms": ["EdDSA"], "jwks": jwks(&[&key])}],
+        "settings": {"audit_allow_sample_rate": 0.5},
+        "rules": [
+            {"id": "read", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["spiffe://t/**"]},
+            {"id": "write", "hosts": ["*"], "methods": ["PUT"], "paths": [{"prefix": "/data"}], "subjects": ["spiffe://t/writer"]},
+            {"id": "future-lockdown", "mode": "dry-run", "effect": "deny", "hosts": ["*"], "methods": ["GET"],
+             "paths": [{"prefix": "/beta"}], "subjects": ["**"]},
+            {"id": "emergency-delete", "break_glass": true, "hosts": ["*"], "methods": ["DELETE"], "paths": [{"prefix": "/data"}],
+             "subjects": ["spiffe://t/oncall"], "claims": [{"claim": "ticket", "glob": "INC-*"}]},
+        ],
+    });
+    let envoy = Envoy::start(&bundle.to_string());
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let token = |sub: &str, jti: &str, claims: serde_json::Value| {
+        let mut spec = TokenSpec::new("https://mesh.test", sub, "api", now, 300);
+        spec.token_id = Some(jti.into());
+        spec.claims = claims.as_object().unwrap().clone();
+        format!("Bearer {}", key.sign(&spec).unwrap())
+    };
+    let reader = token("spiffe://t/reader", "r-1", json!({}));
+    let writer = token("spiffe://t/writer", "w-1", json!({}));
+    let oncall = token("spiffe://t/oncall", "o-1", json!({"ticket": "INC-1"}));
+
+    // The burst: (method, path, token, expected status).
+    let mut burst: Vec<(&str, String, Option<&str>, u16)> = Vec::new();
+    for i in 0..10 {
+        burst.push(("GET", format!("/items/{i}"), Some(&reader), 200)); // plain allowed reads: sampled
+    }
+    for i in 0..3 {
+        burst.push(("PUT", format!("/data/{i}"), Some(&writer), 200)); // writes: always audited
+    }
+    burst.push(("PUT", "/data/x".into(), Some(&reader), 403));
+    burst.push(("GET", "/items".into(), None, 401));
+    burst.push(("GET", "/items".into(), Some("Bearer a.b.c"), 401));
+    burst.push(("GET", "/items/../admin".into(), Some(&reader), 400));
+    burst.push(("GET", "/beta/1".into(), Some(&reader), 200)); // dry-run rule would deny
+    burst.push(("GET", "/beta/2".into(), Some(&reader), 200));
+    burst.push(("DELETE", "/data/0".into(), Some(&oncall), 200)); // break-glass
+    for (method, path, auth, status) in &burst {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
+        let r = envoy.request(method, path, &headers);
+        assert_eq!(r.status, *status, "{method} {path}: {r:?}");
+    }
+
+    // Audit: everything but half of the ten plain reads, each with the schema's fields.
+    let records = envoy.audit_records();
+    let reads = records.iter().filter(|r| r["rule"] == "read" && r["dry_run"].is_null()).count();
+    let sampled: Vec<_> = records
+        .iter()
+        .filter(|r| r["rule"] == "read")
+        .map(|r| (r["path"].clone(), r["dry_run"].clone()))
+        .collect();
+    assert_eq!(reads, 5, "allow_sample_rate 0.5 keeps exactly half of the plain reads: {sampled:?}");
+    assert_eq!(records.len(), 5 + 3 + 4 + 2 + 1, "{records:#?}");
+    for r in &records {
+        for field in [
+            "time",
+            "request_id",
+            "bundle",
+            "mode",
+            "decision",
+            "reason",
+            "rule",
+            "severity",
+            "break_glass",
+            "method",
+            "host",
+            "path",
+        ] {
+            assert!(!r[field].is_null(), "{field} missing in {r}");
+        }
+        assert_eq!(r["bundle"], "audit-e2e");
+        assert_eq!(r["mode"], "enforce");
+    }
+    let writes: Vec<_> = records.iter().filter(|r| r["rule"] == "write").collect();
+    assert_eq!(writes.len(), 3);
+    assert!(writes
+        .iter()
+        .all(|r| r["subject"] == "spiffe://t/writer" && r["token_id"] == "w-1" && r["severity"] == "info"));
+    let glass: Vec<_> = records.iter().filter(|r| r["break_glass"] == true).collect();
+    assert_eq!(glass.len(), 1);
+    assert_eq!(
+        (&glass[0]["rule"], &glass[0]["severity"], &glass[0]["subject"]),
+        (&json!("emergency-delete"), &json!("high"), &json!("spiffe://t/oncall"))
+    );
+    let shadow: Vec<_> = records.iter().filter(|r| !r["dry_run"].is_null()).collect();
+    assert_eq!(shadow.len(), 2);
+    for r in shadow {
+        assert_eq!((&r["decision"], &r["severity"]), (&json!("allow"), &json!("warning")));
+        assert_eq!(
+            r["dry_run"],
+            json!({"decision": "deny", "reason": "policy_denied", "rule": "future-lockdown"})
+        );
+    }
+    let denials = records.iter().filter(|r| r["decision"] == "deny").count();
+    assert_eq!(denials, 4);
+
+    // Access log: one line per request; sampled-out decisions show `-`, the rest the record.
+    // Envoy flushes access logs on an interval; wait for all of them.
+    let log =
+        envoy.wait_for_log(|log| log.lines().filter(|l| l.contains(" meshward=")).count() >= burst.len());
+    let access: Vec<&str> = log.lines().filter(|l| l.contains(" meshward=")).collect();
+    assert_eq!(access.len(), burst.len(), "{log}");
+    let with_record = access.iter().filter(|l| l.contains("meshward={\"type\":\"decision\"")).count();
+    assert_eq!(with_record, records.len());
+    assert!(access
+        .iter()
+        .any(|l| l.contains("\"DELETE /data/0\" 200") && l.contains("\"break_glass\":true")));
+
+    // Metrics count every decision, sampled or not.
+    let mut expected = BTreeMap::new();
+    for (_, path, auth, status) in &burst {
+        let key = match (status, auth) {
+            (200, _) => ("allow", "allowed"),
+            (403, _) => ("deny", "policy_no_matching_rule"),
+            (401, None) => ("deny", "token_missing"),
+            (401, Some(_)) => ("deny", "token_malformed"),
+            (400, _) => ("deny", "request_path_rejected"),
+            _ => panic!("unexpected {path}"),
+        };
+        *expected.entry(key).or_insert(0u64) += 1;
+    }
+    for ((outcome, reason), count) in expected {
+        let series = format!("meshward_decisions_total{{outcome=\"{outcome}\",reason=\"{reason}\"}}");
+        assert_eq!(envoy.prometheus_value(&series), count, "{series}");
+    }
+    assert_eq!(envoy.prometheus_value("meshward_dry_run_disagreements_total{}"), 2);
+    assert_eq!(envoy.prometheus_value("meshward_break_glass_total{}"), 1);
+    // The reader's token is looked up 13 times (the ambiguous path is rejected before any token
+    // work), the writer's 3 times, the on-call's once: one miss each, the rest hits; plus one miss
+    // for the malformed token.
+    assert_eq!(envoy.prometheus_value("meshward_token_cache_misses_total{}"), 4);
+    assert_eq!(envoy.prometheus_value("meshward_token_cache_hits_total{}"), 12 + 2);
+}
