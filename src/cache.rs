@@ -1,8 +1,9 @@
 //! A bounded cache of verified tokens, so a token's signature is checked once, not on every request.
 //!
 //! Keys are SHA-256 digests of the token (the token itself is never kept). An entry is used only
-//! while the token is unexpired (within the issuer's clock skew) and is dropped after; everything
-//! else that depends on time or configuration (age limits, revocation) is checked on every hit.
+//! until the token's `exp` and is dropped after (a token inside the clock skew past `exp` is simply
+//! verified again); everything else that depends on time or configuration (age limits, revocation)
+//! is checked on every hit.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -26,7 +27,7 @@ pub struct TokenCache {
 
 struct Entry {
     token: Rc<VerifiedToken>,
-    /// Last second (inclusive) at which the entry may be used: `exp` plus the issuer's skew.
+    /// Last second (inclusive) at which the entry may be used: the token's `exp`.
     usable_until: u64,
 }
 

@@ -205,7 +205,10 @@ impl Engine {
         headers.push((s.identity_header.as_str(), identity.map(|i| i.subject.clone())));
         headers.push((s.issuer_header.as_str(), identity.map(|i| i.issuer_name.clone())));
         for (header, claim) in &s.claim_headers {
-            headers.push((header.as_str(), identity.and_then(|i| i.claim_text(claim))));
+            // A claim value that is not a safe header value is not forwarded (the header is removed).
+            let value =
+                identity.and_then(|i| i.claim_text(claim)).filter(|v| !v.chars().any(char::is_control));
+            headers.push((header.as_str(), value));
         }
         if s.remove_token {
             headers.push(("authorization", None));

@@ -6,14 +6,16 @@
 
 use crate::decision::Reason;
 
-/// A request ready for policy: method as sent, host lower-cased without port or trailing dot, path
-/// without the query string.
+/// A request ready for policy: method as sent, host lower-cased without port or trailing dot (the
+/// port kept apart), path without the query string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestTarget {
     /// The HTTP method exactly as sent (case-sensitive, per RFC 9110).
     pub method: String,
     /// The host, lower-cased, without port and trailing dot.
     pub host: String,
+    /// The port of the authority, if it named one.
+    pub port: Option<u16>,
     /// The path without query; never empty, always starting with `/`.
     pub path: String,
 }
@@ -28,8 +30,8 @@ impl RequestTarget {
         }
         let raw_path = path.ok_or(Reason::RequestMalformed)?;
         let path = check_path(raw_path)?;
-        let host = normalize_host(authority.unwrap_or(""))?;
-        Ok(RequestTarget { method: method.to_owned(), host, path: path.to_owned() })
+        let (host, port) = split_authority(authority.unwrap_or(""))?;
+        Ok(RequestTarget { method: method.to_owned(), host, port, path: path.to_owned() })
     }
 }
 
@@ -96,25 +98,39 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
-/// Lower-cases the host and removes the port and a trailing dot. IPv6 literals keep their brackets.
-pub fn normalize_host(authority: &str) -> Result<String, Reason> {
-    let host = if authority.starts_with('[') {
-        match authority.find(']') {
-            Some(end) => authority.get(..=end).ok_or(Reason::RequestMalformed)?,
-            None => return Err(Reason::RequestMalformed),
+/// Splits an authority into the host (lower-cased, without a trailing dot; IPv6 literals keep
+/// their brackets) and the port. An empty or malformed authority is refused.
+pub fn split_authority(authority: &str) -> Result<(String, Option<u16>), Reason> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']').ok_or(Reason::RequestMalformed)?;
+        let host = authority.get(..=end).ok_or(Reason::RequestMalformed)?;
+        match authority.get(end + 1..) {
+            Some("") | None => (host, None),
+            Some(rest) => (host, Some(rest.strip_prefix(':').ok_or(Reason::RequestMalformed)?)),
         }
     } else {
         match authority.rsplit_once(':') {
-            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-            Some(_) => return Err(Reason::RequestMalformed),
-            None => authority,
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
         }
     };
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().map_err(|_| Reason::RequestMalformed)?)
+        }
+        Some(_) => return Err(Reason::RequestMalformed),
+    };
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'/' || b == b'@') {
+    if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'/' || b == b'@') {
         return Err(Reason::RequestMalformed);
     }
-    Ok(host.to_ascii_lowercase())
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+/// The normalized host alone (see [`split_authority`]).
+pub fn normalize_host(authority: &str) -> Result<String, Reason> {
+    split_authority(authority).map(|(host, _)| host)
 }
 
 #[cfg(test)]
@@ -168,11 +184,19 @@ mod tests {
         assert_eq!(target("GET", "h", "*"), Err(Reason::RequestMalformed));
         assert_eq!(target("GE T", "h", "/"), Err(Reason::RequestMalformed));
         assert_eq!(target("GET", "h:port", "/"), Err(Reason::RequestMalformed));
+        assert_eq!(target("GET", "", "/"), Err(Reason::RequestMalformed));
+        assert_eq!(target("GET", ":80", "/"), Err(Reason::RequestMalformed));
+        assert_eq!(target("GET", "h:", "/"), Err(Reason::RequestMalformed));
+        assert_eq!(target("GET", "h:99999", "/"), Err(Reason::RequestMalformed));
+        assert_eq!(target("GET", "[::1]junk", "/"), Err(Reason::RequestMalformed));
+        assert_eq!(RequestTarget::new(Some("GET"), None, Some("/")), Err(Reason::RequestMalformed));
     }
 
     #[test]
     fn hosts_are_normalized() {
-        assert_eq!(normalize_host("[::1]:8080").unwrap(), "[::1]");
+        assert_eq!(split_authority("[::1]:8080").unwrap(), ("[::1]".to_string(), Some(8080)));
+        assert_eq!(split_authority("API.x:443").unwrap(), ("api.x".to_string(), Some(443)));
+        assert_eq!(split_authority("api.x").unwrap(), ("api.x".to_string(), None));
         assert_eq!(normalize_host("API.example.com").unwrap(), "api.example.com");
         assert_eq!(normalize_host("api.example.com.").unwrap(), "api.example.com");
     }

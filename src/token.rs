@@ -439,18 +439,21 @@ fn reason_for(e: &jwt_simple::Error) -> Reason {
             Reason::TokenIssuerUnknown
         }
         Some(JWTError::TokenTooLong) => Reason::TokenTooLarge,
-        Some(_) => Reason::TokenMalformed,
-        None if e.downcast_ref::<serde_json::Error>().is_some() => Reason::TokenClaimInvalid,
-        None => Reason::TokenMalformed,
+        // Registered claims were type-checked before; what jwt-simple still fails to parse is
+        // header material (such as a `jwk` object): malformed.
+        Some(_) | None => Reason::TokenMalformed,
     }
 }
 
 /// Registered claims must have their registered types; `jwt-simple` would otherwise coerce or
 /// ignore some of them.
 fn check_claim_types(payload: &Map<String, Value>) -> Result<(), Reason> {
-    for name in ["iss", "sub", "jti"] {
-        if payload.get(name).is_some_and(|v| !v.is_string()) {
-            return Err(Reason::TokenClaimInvalid);
+    for name in ["iss", "sub", "jti", "nonce"] {
+        match payload.get(name) {
+            None => {}
+            // Control characters in an identity could forge log lines or upstream headers.
+            Some(Value::String(s)) if !s.chars().any(char::is_control) => {}
+            Some(_) => return Err(Reason::TokenClaimInvalid),
         }
     }
     // Times: non-negative integers below year 10000 (RFC 7519 NumericDate, without absurd values).

@@ -210,3 +210,16 @@ fn get(auth: &str) -> HttpRequest<'_> {
         ..Default::default()
     }
 }
+
+#[test]
+fn claim_values_that_are_not_safe_header_values_are_not_forwarded() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let engine = engine(&key, json!({"settings": {"claim_headers": {"x-team": "team"}}}));
+    let mut spec = TokenSpec::new("https://i.test", "spiffe://t/a", "api", NOW, 300);
+    spec.claims.insert("team".into(), json!("payments\r\nx-admin: true"));
+    let auth = format!("Bearer {}", key.sign(&spec).unwrap());
+    let outcome = engine.authorize(&get(&auth), NOW);
+    assert!(outcome.decision.allowed);
+    let headers = engine.upstream_headers(outcome.identity.as_deref());
+    assert!(headers.contains(&("x-team", None)), "{headers:?}");
+}

@@ -264,6 +264,7 @@ fn hosts_ports_and_case() {
     let rules = json!([
         {"id": "exact", "hosts": ["API.Example.com"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
         {"id": "wild", "hosts": ["*.svc.test"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
+        {"id": "port", "hosts": ["registry.test:5000"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
     ]);
     let engine = compile(&k, rules, json!({})).unwrap();
     let t = token(&k, "https://mesh.test", "svc", json!({}));

@@ -1298,11 +1298,10 @@ fn key_location_headers_are_ignored_on_trusted_tokens() {
         header.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         assert_eq!(accepted(&raw(&header.to_string(), &payload())).subject, SUB, "{extra}");
     }
-    // Current limitation: a `jwk` header in its RFC 7515 form (an object) makes even a trusted token
-    // fail, with `token_claim_invalid` (`jwt-simple` expects a string there). Refusing is safe; the
-    // reason is misleading.
+    // A `jwk` header in its RFC 7515 form (an object) is refused as malformed even on a trusted token
+    // (`jwt-simple` types it as a string): refusing is the safe side, and the reason says so.
     let header = json!({"alg": "EdDSA", "kid": "ed-1", "jwk": attacker_jwk}).to_string();
-    assert_eq!(rejected(&raw(&header, &payload())), Reason::TokenClaimInvalid);
+    assert_eq!(rejected(&raw(&header, &payload())), Reason::TokenMalformed);
 }
 
 /// Checklist 18: A token signed by an attacker's key that carries its own key or key location is refused, with
@@ -1313,8 +1312,8 @@ fn attacker_key_in_the_header_is_not_trusted() {
     let jwk = attacker.public_jwk();
     for (extra, expected) in [
         // A JWK object (the RFC 7515 form) fails `jwt-simple`'s header parsing (it types `jwk` as a
-        // string) once a key has been selected, and that error is reported as a claim problem.
-        (json!({"jwk": jwk}), Reason::TokenClaimInvalid),
+        // string) once a key has been selected: malformed.
+        (json!({"jwk": jwk}), Reason::TokenMalformed),
         (json!({"jwk": jwk.to_string()}), Reason::TokenSignatureInvalid),
         (json!({"jku": "https://attacker.example/jwks.json"}), Reason::TokenSignatureInvalid),
         (json!({"x5u": "https://attacker.example/cert.pem"}), Reason::TokenSignatureInvalid),
@@ -1773,18 +1772,14 @@ fn paths_and_hosts_match_as_documented() {
     ] {
         assert_allowed(&at(Some(host)), "admin-read");
     }
-    for host in [
-        "api.example.com.evil",
-        "evil.api.example.com",
-        "api-example.com",
-        "api.example.co",
-        "example.com",
-        "",
-    ] {
+    for host in
+        ["api.example.com.evil", "evil.api.example.com", "api-example.com", "api.example.co", "example.com"]
+    {
         assert_denied(&at(Some(host)), Reason::PolicyNoMatch);
     }
-    assert_denied(&at(None), Reason::PolicyNoMatch);
-    for host in ["api.example.com:http", "user@api.example.com", "api.example.com/x", "api example.com"] {
+    // No host at all is a malformed request, not an empty host that `*` rules would match.
+    assert_denied(&at(None), Reason::RequestMalformed);
+    for host in ["", "api.example.com:http", "user@api.example.com", "api.example.com/x", "api example.com"] {
         assert_denied(&at(Some(host)), Reason::RequestMalformed);
     }
 }
@@ -1888,4 +1883,15 @@ fn request_problems_take_precedence_over_token_problems() {
     let response = engine().deny_response(outcome.decision.reason, None);
     assert_eq!(response.status, 400);
     assert!(response.headers.iter().all(|(n, _)| n != "www-authenticate"));
+}
+
+/// Identities with control characters could forge audit lines or upstream headers: refused.
+#[test]
+fn identities_with_control_characters_are_refused() {
+    for sub in ["svc\r\nx-admin: 1", "svc\u{0}", "svc\u{7f}", "svc\u{85}"] {
+        let token = raw(ED_HEADER, &payload_set("sub", json!(sub)));
+        assert_eq!(rejected(&token), Reason::TokenClaimInvalid, "{sub:?}");
+    }
+    let token = raw(ED_HEADER, &payload_set("jti", json!("id\nforged")));
+    assert_eq!(rejected(&token), Reason::TokenClaimInvalid);
 }

@@ -213,7 +213,7 @@ impl Index {
     ) {
         let by_host = match host {
             HostPattern::Any => &mut self.any,
-            HostPattern::Exact(h) => self.exact.entry(h.clone()).or_default(),
+            HostPattern::Exact(h) | HostPattern::ExactPort(h, _) => self.exact.entry(h.clone()).or_default(),
             HostPattern::Suffix(s) => self.suffix.entry(s.clone()).or_default(),
         };
         let tries: Vec<&mut PathTrie> = match methods {

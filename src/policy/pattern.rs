@@ -1,10 +1,13 @@
 //! Patterns used by rules: hosts, identity globs and path templates with named captures.
 
 /// A host pattern: exact (case-insensitive), `*.suffix` (one or more labels), or `*` (any host).
+/// An exact host may name a port (`registry.internal:5000`); then only requests whose authority
+/// names that port match. Without a port, the request's port does not matter.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostPattern {
     Any,
     Exact(String),
+    ExactPort(String, u16),
     /// The suffix including its leading dot, e.g. `.example.com`.
     Suffix(String),
 }
@@ -25,14 +28,19 @@ impl HostPattern {
         if lower.is_empty() || lower.contains('*') || lower.contains('/') {
             return Err(format!("invalid host {pattern:?}: use an exact name, `*.domain` or `*`"));
         }
-        Ok(HostPattern::Exact(lower))
+        match crate::request::split_authority(&lower) {
+            Ok((host, None)) => Ok(HostPattern::Exact(host)),
+            Ok((host, Some(port))) => Ok(HostPattern::ExactPort(host, port)),
+            Err(_) => Err(format!("invalid host {pattern:?}")),
+        }
     }
 
-    /// Whether a normalized host (lower case, no port, no trailing dot) matches.
-    pub fn matches(&self, host: &str) -> bool {
+    /// Whether a normalized host (lower case, no port, no trailing dot) and port match.
+    pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
         match self {
             HostPattern::Any => true,
             HostPattern::Exact(h) => h == host,
+            HostPattern::ExactPort(h, p) => h == host && port == Some(*p),
             HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
         }
     }
@@ -383,11 +391,17 @@ mod tests {
     #[test]
     fn host_patterns() {
         let wild = HostPattern::parse("*.Example.com").unwrap();
-        assert!(wild.matches("api.example.com"));
-        assert!(wild.matches("a.b.example.com"));
-        assert!(!wild.matches("example.com"));
+        assert!(wild.matches("api.example.com", None));
+        assert!(wild.matches("a.b.example.com", Some(8443)));
+        assert!(!wild.matches("example.com", None));
         assert!(HostPattern::parse("a*b").is_err());
         assert_eq!(HostPattern::parse("API.x.").unwrap(), HostPattern::Exact("api.x".into()));
+        let port = HostPattern::parse("registry.internal:5000").unwrap();
+        assert_eq!(port, HostPattern::ExactPort("registry.internal".into(), 5000));
+        assert!(port.matches("registry.internal", Some(5000)));
+        assert!(!port.matches("registry.internal", Some(443)));
+        assert!(!port.matches("registry.internal", None));
+        assert!(HostPattern::parse("h:port").is_err());
     }
 
     #[test]

@@ -614,21 +614,20 @@ impl Rule {
 
     /// Whether the rule matches, trying every route; the first reason it does not, otherwise.
     pub fn check(&self, input: &PolicyInput<'_>) -> Result<(), String> {
-        if !self.hosts.iter().any(|h| h.matches(&input.target.host)) {
-            return Err(format!("host {:?} is not covered", input.target.host));
-        }
         // Report the route that got furthest: past method and path, its reason is the telling one.
         let mut best: Option<(u8, String)> = None;
         for route in 0..self.routes.len() {
             match self.check_route(route, input) {
                 Ok(()) => return Ok(()),
                 Err(why) => {
-                    let depth = if why.starts_with("method ") {
+                    let depth = if why.starts_with("host ") {
                         0
-                    } else if why.starts_with("path ") {
+                    } else if why.starts_with("method ") {
                         1
-                    } else {
+                    } else if why.starts_with("path ") {
                         2
+                    } else {
+                        3
                     };
                     if best.as_ref().is_none_or(|(d, _)| depth > *d) {
                         best = Some((depth, why));
@@ -639,11 +638,14 @@ impl Rule {
         Err(best.map_or_else(|| "no route".to_string(), |(_, why)| why))
     }
 
-    /// Whether the rule matches through one route (host already matched by the index, or not:
-    /// it is checked again here only by `check`).
+    /// Whether the rule matches through one route.
     pub(super) fn check_route(&self, route: usize, input: &PolicyInput<'_>) -> Result<(), String> {
         let route = self.routes.get(route).ok_or("no such route")?;
         let target = input.target;
+        // The index filed the rule by host name; the port (if the pattern has one) is checked here.
+        if !self.hosts.iter().any(|h| h.matches(&target.host, target.port)) {
+            return Err(format!("host {:?} is not covered", target.host));
+        }
         if let Some(methods) = &route.methods {
             if !methods.contains(&target.method) {
                 return Err(format!("method {} is not covered", target.method));
