@@ -277,6 +277,10 @@ fn hosts_ports_and_case() {
         ("a.svc.test", allowed("wild")),
         ("a.b.svc.test", allowed("wild")),
         ("svc.test", denied(Reason::PolicyNoMatch)),
+        ("registry.test:5000", allowed("port")),
+        ("REGISTRY.test.:5000", allowed("port")),
+        ("registry.test:443", denied(Reason::PolicyNoMatch)),
+        ("registry.test", denied(Reason::PolicyNoMatch)),
     ] {
         let mut r = Req::new("GET", "/", Some(&t));
         r.host = host;
