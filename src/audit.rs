@@ -48,6 +48,8 @@ pub struct AuditRecord<'a> {
     pub subject: Option<&'a str>,
     /// Issuer name, if a token verified.
     pub issuer: Option<&'a str>,
+    /// The issuer's profile (`oidc`, `jwt-svid`, `kubernetes`, `access-token`), if a token verified.
+    pub profile: Option<&'static str>,
     /// `jti`, if the token verified and carried one.
     pub token_id: Option<&'a str>,
     /// Token expiry (unix seconds), if a token verified.
@@ -112,7 +114,8 @@ impl<'a> AuditRecord<'a> {
             subject: identity.map(|i| i.subject.as_str()),
             issuer: identity.map(|i| i.issuer_name.as_str()),
             token_id: identity.and_then(|i| i.token_id.as_deref()),
-            token_expires_at: identity.map(|i| i.expires_at),
+            token_expires_at: identity.and_then(|i| i.expires_at),
+            profile: identity.map(|i| i.profile),
             peer: request.peer,
             method: target.map(|t| t.method.as_str()).or(request.method),
             host: target.map(|t| t.host.as_str()).or(request.authority),

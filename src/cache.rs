@@ -114,7 +114,8 @@ mod tests {
             issuer: "https://i".into(),
             subject: sub.into(),
             token_id: None,
-            expires_at: exp,
+            expires_at: Some(exp),
+            profile: "oidc",
             issued_at: None,
             claims: Default::default(),
         })

@@ -16,7 +16,7 @@ impl VerifiedToken {
             "sub" => return Some(Value::from(self.subject.as_str())),
             "iss" => return Some(Value::from(self.issuer.as_str())),
             "jti" => return self.token_id.as_deref().map(Value::from),
-            "exp" => return Some(Value::from(self.expires_at)),
+            "exp" => return self.expires_at.map(Value::from),
             "iat" => return self.issued_at.map(Value::from),
             _ => {}
         }
@@ -83,7 +83,8 @@ mod tests {
             issuer: "https://i".into(),
             subject: "s".into(),
             token_id: Some("j".into()),
-            expires_at: 10,
+            expires_at: Some(10),
+            profile: "oidc",
             issued_at: None,
             claims: json!({"groups": ["a", "b"], "n": 3, "o": {"k": true}}).as_object().unwrap().clone(),
         };

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::engine::Engine;
 use crate::policy::{Mode, Policy, Rule, RuleConfig};
-use crate::token::{Algorithm, Issuer, Issuers};
+use crate::profile::{valid_trust_domain, Profile};
+use crate::token::{Algorithm, Issuer, IssuerSpec, Issuers};
 
 /// Why a configuration was refused: the field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,17 +74,45 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// Accepted `aud` values; a token must carry at least one of them.
     pub audiences: Vec<String>,
-    /// Accepted signature algorithms (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA).
+    /// Accepted signature algorithms (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA; HS256/384/512
+    /// only together with `hmac_secret`).
     pub algorithms: Vec<String>,
+    /// `oidc` (default), `jwt-svid`, `kubernetes` or `access-token`: the rules its tokens follow.
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// For `jwt-svid`: the SPIFFE trust domain every subject must belong to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
     /// The issuer's public keys as a JWK Set (`{"keys": [...]}`).
+    #[serde(default)]
     pub jwks: JwkSet,
+    /// Opt-in to HMAC: the shared secret, base64url (at least 32 bytes). Never needed otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_secret: Option<String>,
     /// Tolerated clock difference for `exp`, `nbf` and `iat`, in seconds (at most 300).
     #[serde(default = "default_clock_skew")]
     pub clock_skew_seconds: u64,
+    /// Refuse tokens without `exp` (default true; `jwt-svid` always requires it).
+    #[serde(default = "default_true")]
+    pub require_expiry: bool,
+    /// Refuse tokens whose lifetime (`exp - iat`) is longer than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime_seconds: Option<u64>,
+    /// Refuse tokens issued (`iat`) longer ago than this, on every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<u64>,
+}
+
+fn default_profile() -> String {
+    "oidc".into()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A JWK Set (RFC 7517 section 5).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct JwkSet {
     /// The keys; each is checked on its own, and an unusable one is skipped with a warning.
     pub keys: Vec<Value>,
@@ -214,27 +243,108 @@ impl BundleConfig {
             if cfg.algorithms.is_empty() {
                 return Err(ConfigError::new(at("algorithms"), "at least one algorithm is required"));
             }
+            let profile = match (cfg.profile.as_str(), &cfg.trust_domain) {
+                ("oidc", None) => Profile::Oidc,
+                ("kubernetes", None) => Profile::Kubernetes,
+                ("access-token", None) => Profile::AccessToken,
+                ("jwt-svid", Some(td)) if valid_trust_domain(td) => {
+                    Profile::JwtSvid { trust_domain: td.clone() }
+                }
+                ("jwt-svid", Some(td)) => {
+                    return Err(ConfigError::new(
+                        at("trust_domain"),
+                        format!("{td:?} is not a SPIFFE trust domain name"),
+                    ))
+                }
+                ("jwt-svid", None) => {
+                    return Err(ConfigError::new(
+                        at("trust_domain"),
+                        "a jwt-svid issuer needs its trust domain",
+                    ))
+                }
+                (p, Some(_)) if Profile::NAMES.contains(&p) => {
+                    return Err(ConfigError::new(
+                        at("trust_domain"),
+                        "only a jwt-svid issuer has a trust domain",
+                    ))
+                }
+                (p, _) => {
+                    return Err(ConfigError::new(
+                        at("profile"),
+                        format!("unknown profile {p:?} (oidc, jwt-svid, kubernetes, access-token)"),
+                    ))
+                }
+            };
             let mut algorithms = Vec::new();
             for (j, name) in cfg.algorithms.iter().enumerate() {
+                let field = format!("issuers[{i}].algorithms[{j}]");
                 let alg = Algorithm::from_name(name).ok_or_else(|| {
                     ConfigError::new(
-                        format!("issuers[{i}].algorithms[{j}]"),
+                        &field,
                         format!("unsupported algorithm {name:?} (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA)"),
                     )
                 })?;
+                if alg.is_hmac() && cfg.hmac_secret.is_none() {
+                    return Err(ConfigError::new(
+                        field,
+                        format!(
+                            "{name} needs the issuer's `hmac_secret`: HMAC is only used by explicit opt-in"
+                        ),
+                    ));
+                }
+                if !profile.allows(alg) {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("{name} is not allowed for {} tokens", profile.name()),
+                    ));
+                }
                 algorithms.push(alg);
             }
+            let hmac_secret = match &cfg.hmac_secret {
+                None => None,
+                Some(text) => {
+                    use base64::Engine as _;
+                    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(text.trim_end_matches('='))
+                        .map_err(|_| ConfigError::new(at("hmac_secret"), "must be base64url"))?;
+                    if secret.len() < 32 {
+                        return Err(ConfigError::new(at("hmac_secret"), "must be at least 32 bytes"));
+                    }
+                    if !algorithms.iter().any(|a| a.is_hmac()) {
+                        return Err(ConfigError::new(
+                            at("hmac_secret"),
+                            "is set but no HS256/384/512 algorithm is allowed",
+                        ));
+                    }
+                    Some(secret)
+                }
+            };
             if cfg.clock_skew_seconds > 300 {
                 return Err(ConfigError::new(at("clock_skew_seconds"), "must be at most 300"));
             }
-            let (issuer, skipped) = Issuer::new(
-                cfg.name,
-                cfg.issuer,
-                cfg.audiences,
+            if !cfg.require_expiry && matches!(profile, Profile::JwtSvid { .. }) {
+                return Err(ConfigError::new(at("require_expiry"), "JWT-SVIDs always carry exp"));
+            }
+            for (field, value) in
+                [("max_lifetime_seconds", cfg.max_lifetime_seconds), ("max_age_seconds", cfg.max_age_seconds)]
+            {
+                if value == Some(0) {
+                    return Err(ConfigError::new(at(field), "must be positive"));
+                }
+            }
+            let (issuer, skipped) = Issuer::new(IssuerSpec {
+                name: cfg.name,
+                issuer: cfg.issuer,
+                profile,
+                audiences: cfg.audiences,
                 algorithms,
-                &cfg.jwks.keys,
-                cfg.clock_skew_seconds,
-            )
+                jwks: cfg.jwks.keys,
+                hmac_secret,
+                clock_skew_seconds: cfg.clock_skew_seconds,
+                require_expiry: cfg.require_expiry,
+                max_lifetime_seconds: cfg.max_lifetime_seconds,
+                max_age_seconds: cfg.max_age_seconds,
+            })
             .map_err(|e| ConfigError::new(at("jwks"), e))?;
             warnings.extend(skipped.into_iter().map(|w| format!("issuers[{i}].{w}")));
             issuers.push(issuer);

@@ -37,6 +37,15 @@ pub enum Reason {
     TokenClaimInvalid,
     /// The token's `jti` or subject is on the bundle's revocation list.
     TokenRevoked,
+    /// The header's `typ` is not one the issuer's profile allows (e.g. not `at+jwt`).
+    TokenTypeInvalid,
+    /// `sub` does not have the form the issuer's profile requires (SPIFFE ID in the trust domain,
+    /// Kubernetes service account).
+    TokenSubjectInvalid,
+    /// `exp - iat` exceeds the issuer's maximum lifetime.
+    TokenLifetimeTooLong,
+    /// The token was issued longer ago than the issuer's maximum age.
+    TokenTooOld,
     /// The token is valid but no rule allows this request (default deny).
     PolicyNoMatch,
     /// A deny rule matched the request.
@@ -70,6 +79,10 @@ impl Reason {
             Reason::TokenAudienceInvalid => "token_audience_invalid",
             Reason::TokenClaimInvalid => "token_claim_invalid",
             Reason::TokenRevoked => "token_revoked",
+            Reason::TokenTypeInvalid => "token_type_invalid",
+            Reason::TokenSubjectInvalid => "token_subject_invalid",
+            Reason::TokenLifetimeTooLong => "token_lifetime_too_long",
+            Reason::TokenTooOld => "token_too_old",
             Reason::PolicyNoMatch => "policy_no_matching_rule",
             Reason::PolicyDenied => "policy_denied",
             Reason::RequestPathRejected => "request_path_rejected",
@@ -96,7 +109,7 @@ impl Reason {
     }
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 25] = [
         Reason::Allowed,
         Reason::TokenMissing,
         Reason::TokenMultiple,
@@ -112,6 +125,10 @@ impl Reason {
         Reason::TokenAudienceInvalid,
         Reason::TokenClaimInvalid,
         Reason::TokenRevoked,
+        Reason::TokenTypeInvalid,
+        Reason::TokenSubjectInvalid,
+        Reason::TokenLifetimeTooLong,
+        Reason::TokenTooOld,
         Reason::PolicyNoMatch,
         Reason::PolicyDenied,
         Reason::RequestPathRejected,

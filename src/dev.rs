@@ -40,6 +40,8 @@ pub struct TokenSpec {
     pub token_id: Option<String>,
     /// Further claims, merged into the payload.
     pub claims: Map<String, Value>,
+    /// The header's `typ` (default `JWT`), e.g. `at+jwt` for access tokens.
+    pub typ: Option<String>,
 }
 
 impl TokenSpec {
@@ -142,10 +144,11 @@ impl SigningKey {
             nonce: None,
             custom: spec.claims.clone(),
         };
+        let options = HeaderOptions { signature_type: spec.typ.clone(), ..Default::default() };
         match self {
-            SigningKey::RS256(k) => k.sign(claims),
-            SigningKey::ES256(k) => k.sign(claims),
-            SigningKey::EdDSA(k) => k.sign(claims),
+            SigningKey::RS256(k) => k.sign_with_options(claims, &options),
+            SigningKey::ES256(k) => k.sign_with_options(claims, &options),
+            SigningKey::EdDSA(k) => k.sign_with_options(claims, &options),
         }
         .map_err(dev_err)
     }

@@ -179,11 +179,17 @@ impl Engine {
         let key = digest(token);
         // A failed borrow cannot happen (no re-entrancy); if it did, verify without the cache.
         if let Some(hit) = self.cache.try_borrow_mut().ok().and_then(|mut c| c.get(&key, now)) {
+            // Age limits move with the clock: checked on every hit.
+            match self.issuers.get(&hit.issuer_name) {
+                Some(issuer) => issuer.check_age(&hit, now)?,
+                None => return Err(Reason::InternalError),
+            }
             return Ok((hit, true));
         }
         let verified = Rc::new(self.issuers.verify(token, now)?);
         if let Ok(mut cache) = self.cache.try_borrow_mut() {
-            cache.insert(key, verified.clone(), verified.expires_at, now);
+            // A token without `exp` (allowed only by explicit opt-out) is re-verified each minute.
+            cache.insert(key, verified.clone(), verified.expires_at.unwrap_or(now + 60), now);
         }
         Ok((verified, false))
     }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod decision;
 pub mod engine;
 pub mod policy;
+pub mod profile;
 pub mod request;
 pub mod token;
 

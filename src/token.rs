@@ -17,6 +17,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::decision::Reason;
+use crate::profile::Profile;
 
 /// The signature algorithms meshward accepts. There is deliberately no `none` and no HMAC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -30,11 +31,15 @@ pub enum Algorithm {
     ES256,
     ES384,
     EdDSA,
+    /// HMAC algorithms: only for an issuer that opts in with its shared secret.
+    HS256,
+    HS384,
+    HS512,
 }
 
 impl Algorithm {
     /// Every supported algorithm.
-    pub const ALL: [Algorithm; 9] = [
+    pub const ALL: [Algorithm; 12] = [
         Algorithm::RS256,
         Algorithm::RS384,
         Algorithm::RS512,
@@ -44,6 +49,9 @@ impl Algorithm {
         Algorithm::ES256,
         Algorithm::ES384,
         Algorithm::EdDSA,
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
     ];
 
     /// Parses a JOSE algorithm name, exactly (case-sensitive, as RFC 7518 registers them).
@@ -63,7 +71,15 @@ impl Algorithm {
             Algorithm::ES256 => "ES256",
             Algorithm::ES384 => "ES384",
             Algorithm::EdDSA => "EdDSA",
+            Algorithm::HS256 => "HS256",
+            Algorithm::HS384 => "HS384",
+            Algorithm::HS512 => "HS512",
         }
+    }
+
+    /// Whether this is an HMAC (shared secret) algorithm.
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
     }
 
     fn is_rsa(self) -> bool {
@@ -96,6 +112,9 @@ enum PublicKey {
     ES256(ES256PublicKey),
     ES384(ES384PublicKey),
     EdDSA(Ed25519PublicKey),
+    HS256(HS256Key),
+    HS384(HS384Key),
+    HS512(HS512Key),
 }
 
 type Claims = JWTClaims<Map<String, Value>>;
@@ -126,6 +145,9 @@ impl PublicKey {
             PublicKey::ES256(k) => k.verify_token(token, options),
             PublicKey::ES384(k) => k.verify_token(token, options),
             PublicKey::EdDSA(k) => k.verify_token(token, options),
+            PublicKey::HS256(k) => k.verify_token(token, options),
+            PublicKey::HS384(k) => k.verify_token(token, options),
+            PublicKey::HS512(k) => k.verify_token(token, options),
         }
     }
 }
@@ -160,14 +182,14 @@ fn b64(field: &str, value: &Option<String>) -> Result<Vec<u8>, String> {
 
 /// Turns one JWK into the keys it provides for the allowed algorithms. A key with an `alg` serves
 /// only that algorithm; an RSA key without one serves each allowed RSA algorithm.
-fn keys_from_jwk(jwk: &Value, allowed: &[Algorithm]) -> Result<Vec<VerifyKey>, String> {
+fn keys_from_jwk(jwk: &Value, allowed: &[Algorithm], uses: &[&str]) -> Result<Vec<VerifyKey>, String> {
     let jwk: Jwk = serde_json::from_value(jwk.clone()).map_err(|e| format!("not a JWK: {e}"))?;
     if jwk.d.is_some() {
         return Err("contains private key material (`d`); publish only public keys".into());
     }
     if let Some(key_use) = &jwk.key_use {
-        if key_use != "sig" {
-            return Err(format!("`use` is {key_use:?}, not \"sig\""));
+        if !uses.contains(&key_use.as_str()) {
+            return Err(format!("`use` is {key_use:?}, not {uses:?}"));
         }
     }
     let declared = match &jwk.alg {
@@ -212,35 +234,58 @@ fn keys_from_jwk(jwk: &Value, allowed: &[Algorithm]) -> Result<Vec<VerifyKey>, S
     Ok(keys)
 }
 
+/// How an issuer is configured (see `config::IssuerConfig` for the documented fields).
+pub struct IssuerSpec {
+    pub name: String,
+    pub issuer: String,
+    pub profile: Profile,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub jwks: Vec<Value>,
+    pub hmac_secret: Option<Vec<u8>>,
+    pub clock_skew_seconds: u64,
+    pub require_expiry: bool,
+    pub max_lifetime_seconds: Option<u64>,
+    pub max_age_seconds: Option<u64>,
+}
+
 /// A trusted token issuer, compiled from configuration.
 pub struct Issuer {
     /// Short name used by rules and audit records.
     pub name: String,
     /// The exact `iss` value.
     pub issuer: String,
+    /// The rules its tokens follow.
+    pub profile: Profile,
     audiences: HashSet<String>,
     algorithms: Vec<Algorithm>,
     keys: Vec<VerifyKey>,
     clock_skew_seconds: u64,
+    require_expiry: bool,
+    max_lifetime_seconds: Option<u64>,
+    max_age_seconds: Option<u64>,
 }
 
 impl Issuer {
-    /// Builds an issuer from its JWKS. Returns the issuer and one warning per skipped key; fails
-    /// when no key is usable.
-    pub fn new(
-        name: String,
-        issuer: String,
-        audiences: Vec<String>,
-        algorithms: Vec<Algorithm>,
-        jwks: &[Value],
-        clock_skew_seconds: u64,
-    ) -> Result<(Self, Vec<String>), String> {
+    /// Builds an issuer. Returns it and one warning per skipped key; fails when no key is usable.
+    pub fn new(spec: IssuerSpec) -> Result<(Self, Vec<String>), String> {
         let mut keys = Vec::new();
         let mut warnings = Vec::new();
-        for (i, jwk) in jwks.iter().enumerate() {
-            match keys_from_jwk(jwk, &algorithms) {
+        let asymmetric: Vec<Algorithm> = spec.algorithms.iter().copied().filter(|a| !a.is_hmac()).collect();
+        for (i, jwk) in spec.jwks.iter().enumerate() {
+            match keys_from_jwk(jwk, &asymmetric, spec.profile.key_uses()) {
                 Ok(found) => keys.extend(found),
                 Err(e) => warnings.push(format!("jwks.keys[{i}] skipped: {e}")),
+            }
+        }
+        if let Some(secret) = &spec.hmac_secret {
+            for alg in spec.algorithms.iter().copied().filter(|a| a.is_hmac()) {
+                let key = match alg {
+                    Algorithm::HS256 => PublicKey::HS256(HS256Key::from_bytes(secret)),
+                    Algorithm::HS384 => PublicKey::HS384(HS384Key::from_bytes(secret)),
+                    _ => PublicKey::HS512(HS512Key::from_bytes(secret)),
+                };
+                keys.push(VerifyKey { kid: None, alg, key });
             }
         }
         if keys.is_empty() {
@@ -250,13 +295,35 @@ impl Issuer {
             }
             return Err(msg);
         }
-        let audiences = audiences.into_iter().collect();
-        Ok((Issuer { name, issuer, audiences, algorithms, keys, clock_skew_seconds }, warnings))
+        let issuer = Issuer {
+            name: spec.name,
+            issuer: spec.issuer,
+            profile: spec.profile,
+            audiences: spec.audiences.into_iter().collect(),
+            algorithms: spec.algorithms,
+            keys,
+            clock_skew_seconds: spec.clock_skew_seconds,
+            require_expiry: spec.require_expiry,
+            max_lifetime_seconds: spec.max_lifetime_seconds,
+            max_age_seconds: spec.max_age_seconds,
+        };
+        Ok((issuer, warnings))
     }
 
     /// How many verification keys (key x algorithm) the issuer holds.
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Checks what depends on the current time and must hold on every request, cached or not.
+    pub fn check_age(&self, token: &VerifiedToken, now: u64) -> Result<(), Reason> {
+        if let Some(max_age) = self.max_age_seconds {
+            let iat = token.issued_at.ok_or(Reason::TokenClaimInvalid)?;
+            if now.saturating_sub(iat) > max_age {
+                return Err(Reason::TokenTooOld);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -265,14 +332,16 @@ impl Issuer {
 pub struct VerifiedToken {
     /// The configured name of the issuer that signed it.
     pub issuer_name: String,
+    /// The issuer's profile (`oidc`, `jwt-svid`, `kubernetes`, `access-token`).
+    pub profile: &'static str,
     /// `iss`.
     pub issuer: String,
     /// `sub`: the workload identity.
     pub subject: String,
     /// `jti`, if present.
     pub token_id: Option<String>,
-    /// `exp`, unix seconds.
-    pub expires_at: u64,
+    /// `exp`, unix seconds (absent only for an issuer that does not require it).
+    pub expires_at: Option<u64>,
     /// `iat`, unix seconds, if present.
     pub issued_at: Option<u64>,
     /// The claims not covered above.
@@ -322,6 +391,11 @@ impl Issuers {
     /// The issuers, in configuration order.
     pub fn iter(&self) -> impl Iterator<Item = &Issuer> {
         self.issuers.iter()
+    }
+
+    /// The issuer with this configured name.
+    pub fn get(&self, name: &str) -> Option<&Issuer> {
+        self.issuers.iter().find(|i| i.name == name)
     }
 
     /// Verifies a compact JWS as of `now` (unix seconds).
@@ -376,9 +450,11 @@ impl Issuers {
         let alg = Algorithm::from_name(alg)
             .filter(|a| issuer.algorithms.contains(a))
             .ok_or(Reason::TokenAlgorithmNotAllowed)?;
+        let required_type = issuer.profile.check_type(header.get("typ"))?;
         check_claim_types(&payload)?;
 
         let options = VerificationOptions {
+            required_signature_type: required_type,
             artificial_time: Some(UnixTimeStamp::from_secs(now)),
             time_tolerance: Some(Duration::from_secs(issuer.clock_skew_seconds)),
             allowed_issuers: Some(HashSet::from([issuer.issuer.clone()])),
@@ -409,27 +485,43 @@ impl Issuers {
             None => return Err(Reason::TokenKeyUnknown),
         };
 
-        let expires_at = claims.expires_at.ok_or(Reason::TokenExpiryMissing)?.as_secs();
+        let expires_at = claims.expires_at.map(|t| t.as_secs());
+        if expires_at.is_none() && issuer.require_expiry {
+            return Err(Reason::TokenExpiryMissing);
+        }
+        let issued_at = claims.issued_at.map(|t| t.as_secs());
+        if let Some(max) = issuer.max_lifetime_seconds {
+            let (Some(iat), Some(exp)) = (issued_at, expires_at) else {
+                return Err(Reason::TokenClaimInvalid);
+            };
+            if exp.saturating_sub(iat) > max {
+                return Err(Reason::TokenLifetimeTooLong);
+            }
+        }
         let subject = claims.subject.filter(|s| !s.is_empty()).ok_or(Reason::TokenClaimInvalid)?;
-        Ok(VerifiedToken {
+        issuer.profile.check_claims(&subject, &claims.custom, issued_at, claims.jwt_id.as_deref())?;
+        let token = VerifiedToken {
             issuer_name: issuer.name.clone(),
+            profile: issuer.profile.name(),
             issuer: issuer.issuer.clone(),
             subject,
             token_id: claims.jwt_id,
             expires_at,
-            issued_at: claims.issued_at.map(|t| t.as_secs()),
+            issued_at,
             claims: claims.custom,
-        })
+        };
+        issuer.check_age(&token, now)?;
+        Ok(token)
     }
 }
 
 fn is_bad_signature(e: &jwt_simple::Error) -> bool {
-    matches!(e.downcast_ref::<JWTError>(), Some(JWTError::InvalidSignature))
+    matches!(e.downcast_ref::<JWTError>(), Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag))
 }
 
 fn reason_for(e: &jwt_simple::Error) -> Reason {
     match e.downcast_ref::<JWTError>() {
-        Some(JWTError::InvalidSignature) => Reason::TokenSignatureInvalid,
+        Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => Reason::TokenSignatureInvalid,
         Some(JWTError::TokenHasExpired) => Reason::TokenExpired,
         Some(JWTError::TokenNotValidYet | JWTError::ClockDrift) => Reason::TokenNotYetValid,
         Some(JWTError::RequiredAudienceMismatch | JWTError::RequiredAudienceMissing) => {

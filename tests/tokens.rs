@@ -261,7 +261,7 @@ fn baseline_tokens_of_every_algorithm_verify() {
         assert_eq!(v.issuer_name, "prod");
         assert_eq!(v.issuer, ISS);
         assert_eq!(v.subject, SUB);
-        assert_eq!(v.expires_at, NOW + 300);
+        assert_eq!(v.expires_at, Some(NOW + 300));
         assert_eq!(v.issued_at, Some(NOW));
     }
     let spec = TokenSpec::new(OTHER_ISS, SUB, AUD, NOW, 300);
@@ -1391,7 +1391,7 @@ fn expiry_respects_the_clock_skew() {
     // With no skew configured, exp = now is still valid, now + 1 is not.
     let strict = engine_with(|b| b["issuers"][0]["clock_skew_seconds"] = json!(0));
     let token = sign(&k.ed, &TokenSpec { expires_at: Some(NOW), issued_at: Some(NOW - 10), ..spec() });
-    assert_eq!(strict.issuers().verify(&token, NOW).unwrap().expires_at, NOW);
+    assert_eq!(strict.issuers().verify(&token, NOW).unwrap().expires_at, Some(NOW));
     assert_eq!(strict.issuers().verify(&token, NOW + 1), Err(Reason::TokenExpired));
 }
 

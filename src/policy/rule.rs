@@ -207,6 +207,9 @@ pub struct RuleConfig {
     /// Issuer names the token must come from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub issuers: Vec<String>,
+    /// Token profiles the token must have (`jwt-svid`, `kubernetes`, `access-token`, `oidc`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
     /// Subject (`sub`, e.g. a SPIFFE ID) globs; one must match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subjects: Vec<String>,
@@ -403,6 +406,7 @@ pub struct Rule {
     repositories: Vec<Glob>,
     headers: Vec<(String, Test)>,
     issuers: Vec<String>,
+    profiles: Vec<String>,
     subjects: Vec<Glob>,
     claims: Vec<(String, Test)>,
     scopes: Vec<String>,
@@ -546,7 +550,13 @@ impl Rule {
         };
         let subjects = globs(&cfg.subjects, "subjects")?;
         let peers = globs(&cfg.peers, "peers")?;
+        for (j, profile) in cfg.profiles.iter().enumerate() {
+            if !crate::profile::Profile::NAMES.contains(&profile.as_str()) {
+                return Err(e(&format!("profiles[{j}]"), format!("unknown profile {profile:?}")));
+            }
+        }
         let needs_token = !cfg.issuers.is_empty()
+            || !cfg.profiles.is_empty()
             || !subjects.is_empty()
             || !claims.is_empty()
             || !cfg.scopes.is_empty()
@@ -580,6 +590,7 @@ impl Rule {
             repositories,
             headers,
             issuers: cfg.issuers,
+            profiles: cfg.profiles,
             subjects,
             claims,
             scopes: cfg.scopes,
@@ -697,6 +708,9 @@ impl Rule {
     fn check_token(&self, token: &VerifiedToken, now: u64) -> Result<(), String> {
         if !self.issuers.is_empty() && !self.issuers.contains(&token.issuer_name) {
             return Err(format!("issuer {} is not covered", token.issuer_name));
+        }
+        if !self.profiles.is_empty() && !self.profiles.iter().any(|p| p == token.profile) {
+            return Err(format!("profile {} is not covered", token.profile));
         }
         if !self.subjects.is_empty() && !self.subjects.iter().any(|g| g.matches(&token.subject)) {
             return Err(format!("subject {:?} is not covered", token.subject));
