@@ -137,6 +137,8 @@ pub struct Settings {
     pub claim_headers: std::collections::BTreeMap<String, String>,
     /// Remove the `Authorization` header before the request goes upstream.
     pub remove_token: bool,
+    /// Where to look for the token, in order (default `Authorization: Bearer`).
+    pub token_sources: Vec<crate::source::TokenSourceConfig>,
     /// Share of allowed reads (GET, HEAD, OPTIONS) to audit, 0.0 to 1.0; denials, writes,
     /// dry-run disagreements and break-glass decisions are always audited.
     pub audit_allow_sample_rate: f64,
@@ -154,6 +156,7 @@ impl Default for Settings {
             token_cache_entries: 10_000,
             claim_headers: Default::default(),
             remove_token: false,
+            token_sources: crate::source::default_sources(),
             audit_allow_sample_rate: 1.0,
             hide_deny_reason: false,
         }
@@ -209,6 +212,16 @@ impl BundleConfig {
         }
         if !(256..=65536).contains(&s.max_token_bytes) {
             return Err(ConfigError::new("settings.max_token_bytes", "must be between 256 and 65536"));
+        }
+        if s.token_sources.is_empty() {
+            return Err(ConfigError::new("settings.token_sources", "at least one source is required"));
+        }
+        let mut token_sources = Vec::new();
+        for (i, source) in s.token_sources.iter().enumerate() {
+            token_sources.push(
+                crate::source::TokenSource::compile(source)
+                    .map_err(|e| ConfigError::new(format!("settings.token_sources[{i}]"), e))?,
+            );
         }
         if !(0.0..=1.0).contains(&s.audit_allow_sample_rate) {
             return Err(ConfigError::new("settings.audit_allow_sample_rate", "must be between 0.0 and 1.0"));
@@ -368,6 +381,7 @@ impl BundleConfig {
             self.name,
             self.version,
             self.mode,
+            token_sources,
             issuers,
             Policy::new(rules),
             self.revoked,

@@ -11,7 +11,8 @@ use crate::config::{Revoked, Settings};
 use crate::decision::{Decision, Reason};
 use crate::policy::{Evaluation, Mode, Policy, PolicyInput};
 use crate::request::RequestTarget;
-use crate::token::{bearer_token, Issuers, VerifiedToken};
+use crate::source::{find_token, TokenSource};
+use crate::token::{Issuers, VerifiedToken};
 
 /// What the plugin reads from a request. Borrowed from the host's header map.
 #[derive(Clone, Debug, Default)]
@@ -73,6 +74,7 @@ pub struct Engine {
     pub version: String,
     /// Enforce decisions, or only report them.
     pub mode: Mode,
+    token_sources: Vec<TokenSource>,
     issuers: Issuers,
     policy: Policy,
     revoked_token_ids: HashSet<String>,
@@ -87,6 +89,7 @@ impl Engine {
         name: String,
         version: String,
         mode: Mode,
+        token_sources: Vec<TokenSource>,
         issuers: Issuers,
         policy: Policy,
         revoked: Revoked,
@@ -96,6 +99,7 @@ impl Engine {
             name,
             version,
             mode,
+            token_sources,
             issuers,
             policy,
             revoked_token_ids: revoked.token_ids.into_iter().collect(),
@@ -141,15 +145,15 @@ impl Engine {
             Ok(t) => t,
             Err(reason) => return Outcome::rejected(reason, None, self.mode),
         };
-        let (identity, cache_hit) = match bearer_token(&request.authorization) {
-            Ok(token) => match self.identity(token, now) {
+        let (identity, cache_hit) = match find_token(&self.token_sources, request) {
+            Ok(Some(token)) => match self.identity(token, now) {
                 Ok((identity, hit)) => (Some(identity), Some(hit)),
                 Err(reason) => {
                     let rejected = Outcome::rejected(reason, Some(target), self.mode);
                     return Outcome { cache_hit: Some(false), ..rejected };
                 }
             },
-            Err(Reason::TokenMissing) => (None, None),
+            Ok(None) => (None, None),
             Err(reason) => return Outcome::rejected(reason, Some(target), self.mode),
         };
         let Evaluation { mut decision, dry_run } = match identity.as_deref() {

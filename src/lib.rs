@@ -13,6 +13,7 @@ pub mod engine;
 pub mod policy;
 pub mod profile;
 pub mod request;
+pub mod source;
 pub mod token;
 
 #[cfg(not(target_arch = "wasm32"))]

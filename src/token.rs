@@ -353,7 +353,13 @@ pub struct VerifiedToken {
 /// A scheme other than `Bearer` or an empty token counts as no token; a repeated header or a
 /// comma-joined value counts as two tokens; anything after the token makes it malformed.
 pub fn bearer_token<'a>(authorization: &[&'a str]) -> Result<&'a str, Reason> {
-    let value = match authorization {
+    scheme_token(authorization, Some("bearer"))
+}
+
+/// The token in the values of one header: after `scheme` (case-insensitive) when given, else the
+/// whole value. Same rules as [`bearer_token`].
+pub fn scheme_token<'a>(values: &[&'a str], scheme: Option<&str>) -> Result<&'a str, Reason> {
+    let value = match values {
         [] => return Err(Reason::TokenMissing),
         [one] => *one,
         _ => return Err(Reason::TokenMultiple),
@@ -362,10 +368,16 @@ pub fn bearer_token<'a>(authorization: &[&'a str]) -> Result<&'a str, Reason> {
         return Err(Reason::TokenMultiple);
     }
     let value = value.trim_matches(|c| c == ' ' || c == '\t');
-    let (scheme, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Reason::TokenMissing);
-    }
+    let rest = match scheme {
+        None => value,
+        Some(scheme) => {
+            let (given, rest) = value.split_once([' ', '\t']).unwrap_or((value, ""));
+            if !given.eq_ignore_ascii_case(scheme) {
+                return Err(Reason::TokenMissing);
+            }
+            rest
+        }
+    };
     let token = rest.trim_start_matches([' ', '\t']);
     if token.is_empty() {
         return Err(Reason::TokenMissing);
@@ -516,12 +528,17 @@ impl Issuers {
 }
 
 fn is_bad_signature(e: &jwt_simple::Error) -> bool {
-    matches!(e.downcast_ref::<JWTError>(), Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag))
+    matches!(
+        e.downcast_ref::<JWTError>(),
+        Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag)
+    )
 }
 
 fn reason_for(e: &jwt_simple::Error) -> Reason {
     match e.downcast_ref::<JWTError>() {
-        Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => Reason::TokenSignatureInvalid,
+        Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => {
+            Reason::TokenSignatureInvalid
+        }
         Some(JWTError::TokenHasExpired) => Reason::TokenExpired,
         Some(JWTError::TokenNotValidYet | JWTError::ClockDrift) => Reason::TokenNotYetValid,
         Some(JWTError::RequiredAudienceMismatch | JWTError::RequiredAudienceMissing) => {

@@ -223,3 +223,72 @@ fn claim_values_that_are_not_safe_header_values_are_not_forwarded() {
     let headers = engine.upstream_headers(outcome.identity.as_deref());
     assert!(headers.contains(&("x-team", None)), "{headers:?}");
 }
+
+#[test]
+fn tokens_from_header_query_and_cookie_and_never_two_different_ones() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let sources = json!({"settings": {"token_sources": [
+        {"header": "authorization", "scheme": "Bearer"},
+        {"header": "x-workload-token"},
+        {"query": "access_token"},
+        {"cookie": "session"},
+    ]}});
+    let engine = engine(&key, sources);
+    let a = token(&key, "spiffe://t/a", Some("a"), 300);
+    let b = token(&key, "spiffe://t/b", Some("b"), 300);
+    let (a_raw, b_raw) = (a.trim_start_matches("Bearer "), b.trim_start_matches("Bearer "));
+    let decide = |auth: Vec<&str>, path: &str, headers: Vec<(&str, &str)>| {
+        let request = HttpRequest {
+            method: Some("GET"),
+            authority: Some("h"),
+            path: Some(path),
+            authorization: auth,
+            headers,
+            peer: None,
+        };
+        engine.authorize(&request, NOW).decision.reason
+    };
+    let query_a = format!("/x?page=2&access_token={a_raw}");
+    let cookie_a = format!("theme=dark; session={a_raw}");
+    let cookie_b = format!("session={b_raw}");
+    assert_eq!(decide(vec![&a], "/x", vec![]), Reason::Allowed);
+    assert_eq!(decide(vec![], &query_a, vec![]), Reason::Allowed);
+    assert_eq!(decide(vec![], "/x", vec![("cookie", &cookie_a)]), Reason::Allowed);
+    assert_eq!(decide(vec![], "/x", vec![("x-workload-token", a_raw)]), Reason::Allowed);
+    // The same token in two places is one token.
+    assert_eq!(decide(vec![&a], &query_a, vec![("cookie", &cookie_a)]), Reason::Allowed);
+    // Two different tokens: refused, whatever the places.
+    assert_eq!(decide(vec![&a], "/x", vec![("cookie", &cookie_b)]), Reason::TokenMultiple);
+    assert_eq!(decide(vec![&b], &query_a, vec![]), Reason::TokenMultiple);
+    assert_eq!(
+        decide(vec![], "/x", vec![("x-workload-token", a_raw), ("x-workload-token", a_raw)]),
+        Reason::TokenMultiple
+    );
+    assert_eq!(decide(vec![], &format!("{query_a}&access_token={a_raw}"), vec![]), Reason::TokenMultiple);
+    assert_eq!(
+        decide(vec![], "/x", vec![("cookie", &cookie_a), ("cookie", &cookie_b)]),
+        Reason::TokenMultiple
+    );
+    assert_eq!(decide(vec![], "/x?access_token=", vec![]), Reason::TokenMissing);
+    assert_eq!(decide(vec![], "/x", vec![]), Reason::TokenMissing);
+
+    // The default looks only at Authorization: a query token is ignored.
+    let default = self::engine(&key, json!({}));
+    let request =
+        HttpRequest { method: Some("GET"), authority: Some("h"), path: Some(&query_a), ..Default::default() };
+    assert_eq!(default.authorize(&request, NOW).decision.reason, Reason::TokenMissing);
+
+    let jwks = jwks(&[&key]);
+    for source in [
+        json!({"header": "authorization", "query": "t"}),
+        json!({"header": "X-Token"}),
+        json!({"query": "t", "scheme": "Bearer"}),
+        json!({"cookie": ""}),
+        json!({}),
+    ] {
+        let bundle = json!({"name": "t", "rules": [], "settings": {"token_sources": [source]},
+            "issuers": [{"name": "i", "issuer": "https://i.test", "audiences": ["api"], "algorithms": ["EdDSA"], "jwks": jwks}]});
+        let err = BundleConfig::from_json(bundle.to_string().as_bytes()).unwrap().compile().err().unwrap();
+        assert_eq!(err.field, "settings.token_sources[0]", "{source}");
+    }
+}
