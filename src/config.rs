@@ -378,9 +378,7 @@ impl BundleConfig {
         }
         let issuers = Issuers::new(issuers, self.settings.max_token_bytes);
         let engine = Engine::new(
-            self.name,
-            self.version,
-            self.mode,
+            (self.name, self.version, self.mode),
             token_sources,
             issuers,
             Policy::new(rules),

@@ -86,9 +86,7 @@ pub struct Engine {
 
 impl Engine {
     pub(crate) fn new(
-        name: String,
-        version: String,
-        mode: Mode,
+        (name, version, mode): (String, String, Mode),
         token_sources: Vec<TokenSource>,
         issuers: Issuers,
         policy: Policy,
