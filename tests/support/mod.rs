@@ -35,7 +35,8 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn scratch_dir() -> PathBuf {
+/// A fresh directory under the cargo target dir for one test's files.
+pub fn scratch_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "e2e-{}-{}",
@@ -52,6 +53,7 @@ pub struct Envoy {
     pub listen_port: u16,
     pub admin_port: u16,
     log_path: PathBuf,
+    dir: PathBuf,
 }
 
 /// How starting Envoy ended.
@@ -72,15 +74,30 @@ impl Envoy {
 
     /// Starts Envoy; reports whether it became ready or exited.
     pub fn try_start(bundle_json: &str) -> Started {
-        let dir = scratch_dir();
         let options = EnvoyOptions {
             listen_port: free_port(),
             backend_port: free_port(),
             admin_port: free_port(),
             wasm_path: wasm_module().display().to_string(),
         };
+        let (listen, admin) = (options.listen_port, options.admin_port);
+        Self::try_start_yaml(&envoy_bootstrap(bundle_json, &options), listen, admin)
+    }
+
+    /// Starts Envoy with a complete bootstrap (for tests that need their own listeners, clusters or
+    /// extension config discovery); `listen_port` and `admin_port` must be the ones it uses.
+    pub fn start_yaml(bootstrap: &str, listen_port: u16, admin_port: u16) -> Envoy {
+        match Self::try_start_yaml(bootstrap, listen_port, admin_port) {
+            Started::Ready(envoy) => envoy,
+            Started::Exited(code, log) => panic!("Envoy exited ({code:?}) before it was ready:\n{log}"),
+        }
+    }
+
+    /// Like [`Envoy::start_yaml`], reporting whether Envoy became ready or exited.
+    pub fn try_start_yaml(bootstrap: &str, listen_port: u16, admin_port: u16) -> Started {
+        let dir = scratch_dir();
         let config_path = dir.join("envoy.yaml");
-        std::fs::write(&config_path, envoy_bootstrap(bundle_json, &options)).unwrap();
+        std::fs::write(&config_path, bootstrap).unwrap();
         let log_path = dir.join("envoy.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(envoy_binary())
@@ -93,8 +110,7 @@ impl Envoy {
             .stdin(Stdio::null())
             .spawn()
             .expect("start envoy");
-        let mut envoy =
-            Envoy { child, listen_port: options.listen_port, admin_port: options.admin_port, log_path };
+        let mut envoy = Envoy { child, listen_port, admin_port, log_path, dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(status) = envoy.child.try_wait().unwrap() {
@@ -108,6 +124,11 @@ impl Envoy {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("Envoy not ready after 60 s:\n{}", envoy.log());
+    }
+
+    /// The scratch directory of this Envoy (its config and log live there).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Everything Envoy logged so far.
