@@ -101,6 +101,10 @@ pub struct IssuerConfig {
     /// Refuse tokens issued (`iat`) longer ago than this, on every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age_seconds: Option<u64>,
+    /// Client-certificate binding of tokens (RFC 8705 `cnf.x5t#S256`): `off` (default),
+    /// `if-present` (bound tokens must match the mTLS peer certificate) or `required`.
+    #[serde(default)]
+    pub certificate_binding: crate::token::CertificateBinding,
 }
 
 fn default_profile() -> String {
@@ -357,6 +361,7 @@ impl BundleConfig {
                 require_expiry: cfg.require_expiry,
                 max_lifetime_seconds: cfg.max_lifetime_seconds,
                 max_age_seconds: cfg.max_age_seconds,
+                certificate_binding: cfg.certificate_binding,
             })
             .map_err(|e| ConfigError::new(at("jwks"), e))?;
             warnings.extend(skipped.into_iter().map(|w| format!("issuers[{i}].{w}")));

@@ -46,6 +46,9 @@ pub enum Reason {
     TokenLifetimeTooLong,
     /// The token was issued longer ago than the issuer's maximum age.
     TokenTooOld,
+    /// The token is bound to a client certificate (`cnf.x5t#S256`) that the connection did not
+    /// present, or the issuer requires binding and the token is not bound.
+    TokenCertificateMismatch,
     /// The token is valid but no rule allows this request (default deny).
     PolicyNoMatch,
     /// A deny rule matched the request.
@@ -83,6 +86,7 @@ impl Reason {
             Reason::TokenSubjectInvalid => "token_subject_invalid",
             Reason::TokenLifetimeTooLong => "token_lifetime_too_long",
             Reason::TokenTooOld => "token_too_old",
+            Reason::TokenCertificateMismatch => "token_certificate_mismatch",
             Reason::PolicyNoMatch => "policy_no_matching_rule",
             Reason::PolicyDenied => "policy_denied",
             Reason::RequestPathRejected => "request_path_rejected",
@@ -109,7 +113,7 @@ impl Reason {
     }
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::Allowed,
         Reason::TokenMissing,
         Reason::TokenMultiple,
@@ -129,6 +133,7 @@ impl Reason {
         Reason::TokenSubjectInvalid,
         Reason::TokenLifetimeTooLong,
         Reason::TokenTooOld,
+        Reason::TokenCertificateMismatch,
         Reason::PolicyNoMatch,
         Reason::PolicyDenied,
         Reason::RequestPathRejected,

@@ -29,6 +29,8 @@ pub struct HttpRequest<'a> {
     pub headers: Vec<(&'a str, &'a str)>,
     /// The mTLS peer's identity (URI SAN of its certificate), if any.
     pub peer: Option<&'a str>,
+    /// The hex SHA-256 of the mTLS peer's certificate, if any (for certificate-bound tokens).
+    pub peer_certificate_sha256: Option<&'a str>,
 }
 
 /// The result of authorizing a request, with what is known about it for audit and forwarding.
@@ -128,6 +130,12 @@ impl Engine {
         self.sampler.keep(outcome)
     }
 
+    /// Whether any issuer checks certificate binding (so the filter reads the peer certificate's
+    /// digest only then).
+    pub fn uses_certificate_binding(&self) -> bool {
+        self.issuers.iter().any(|i| i.certificate_binding != crate::token::CertificateBinding::Off)
+    }
+
     /// Verified-token cache counters.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.borrow().stats()
@@ -154,11 +162,10 @@ impl Engine {
             Ok(None) => (None, None),
             Err(reason) => return Outcome::rejected(reason, Some(target), self.mode),
         };
-        let Evaluation { mut decision, dry_run } = match identity.as_deref() {
-            Some(token) if self.is_revoked(token) => {
-                Evaluation { decision: Decision::deny(Reason::TokenRevoked), dry_run: None }
-            }
-            token => self.policy.evaluate(&PolicyInput {
+        let presented = identity.as_deref().map(|token| self.check_presentation(token, request));
+        let Evaluation { mut decision, dry_run } = match (presented, identity.as_deref()) {
+            (Some(Err(reason)), _) => Evaluation { decision: Decision::deny(reason), dry_run: None },
+            (_, token) => self.policy.evaluate(&PolicyInput {
                 target: &target,
                 headers: &request.headers,
                 token,
@@ -196,9 +203,15 @@ impl Engine {
         Ok((verified, false))
     }
 
-    fn is_revoked(&self, identity: &VerifiedToken) -> bool {
-        identity.token_id.as_ref().is_some_and(|id| self.revoked_token_ids.contains(id))
-            || self.revoked_subjects.contains(&identity.subject)
+    /// What is checked on every request, cached token or not: revocation and certificate binding.
+    fn check_presentation(&self, token: &VerifiedToken, request: &HttpRequest<'_>) -> Result<(), Reason> {
+        let revoked = token.token_id.as_ref().is_some_and(|id| self.revoked_token_ids.contains(id))
+            || self.revoked_subjects.contains(&token.subject);
+        if revoked {
+            return Err(Reason::TokenRevoked);
+        }
+        let issuer = self.issuers.get(&token.issuer_name).ok_or(Reason::InternalError)?;
+        issuer.check_binding(token, request.peer_certificate_sha256)
     }
 
     /// The upstream headers of an allowed request: each identity header meshward manages, with its

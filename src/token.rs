@@ -234,6 +234,20 @@ fn keys_from_jwk(jwk: &Value, allowed: &[Algorithm], uses: &[&str]) -> Result<Ve
     Ok(keys)
 }
 
+/// Whether an issuer's tokens are bound to the client certificate of the connection (RFC 8705
+/// `cnf.x5t#S256`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CertificateBinding {
+    /// Not checked.
+    #[default]
+    Off,
+    /// A bound token must come over a connection with that certificate; unbound tokens are fine.
+    IfPresent,
+    /// Every token must be bound, and come over a connection with that certificate.
+    Required,
+}
+
 /// How an issuer is configured (see `config::IssuerConfig` for the documented fields).
 pub struct IssuerSpec {
     pub name: String,
@@ -247,6 +261,7 @@ pub struct IssuerSpec {
     pub require_expiry: bool,
     pub max_lifetime_seconds: Option<u64>,
     pub max_age_seconds: Option<u64>,
+    pub certificate_binding: CertificateBinding,
 }
 
 /// A trusted token issuer, compiled from configuration.
@@ -264,6 +279,8 @@ pub struct Issuer {
     require_expiry: bool,
     max_lifetime_seconds: Option<u64>,
     max_age_seconds: Option<u64>,
+    /// Whether tokens must match the connection's client certificate.
+    pub certificate_binding: CertificateBinding,
 }
 
 impl Issuer {
@@ -306,6 +323,7 @@ impl Issuer {
             require_expiry: spec.require_expiry,
             max_lifetime_seconds: spec.max_lifetime_seconds,
             max_age_seconds: spec.max_age_seconds,
+            certificate_binding: spec.certificate_binding,
         };
         Ok((issuer, warnings))
     }
@@ -313,6 +331,29 @@ impl Issuer {
     /// How many verification keys (key x algorithm) the issuer holds.
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Checks the token's certificate binding against the connection's client certificate, given as
+    /// the hex SHA-256 of its DER (what Envoy reports); on every request, cached or not.
+    pub fn check_binding(&self, token: &VerifiedToken, peer_sha256_hex: Option<&str>) -> Result<(), Reason> {
+        if self.certificate_binding == CertificateBinding::Off {
+            return Ok(());
+        }
+        let bound = token.claims.get("cnf").and_then(|c| c.get("x5t#S256"));
+        let thumbprint = match bound {
+            None if self.certificate_binding == CertificateBinding::Required => {
+                return Err(Reason::TokenCertificateMismatch)
+            }
+            None => return Ok(()),
+            Some(Value::String(t)) => t,
+            Some(_) => return Err(Reason::TokenClaimInvalid),
+        };
+        let presented = peer_sha256_hex.and_then(hex_to_base64url).ok_or(Reason::TokenCertificateMismatch)?;
+        if presented == *thumbprint {
+            Ok(())
+        } else {
+            Err(Reason::TokenCertificateMismatch)
+        }
     }
 
     /// Checks what depends on the current time and must hold on every request, cached or not.
@@ -346,6 +387,17 @@ pub struct VerifiedToken {
     pub issued_at: Option<u64>,
     /// The claims not covered above.
     pub claims: Map<String, Value>,
+}
+
+/// A hex SHA-256 digest (as Envoy reports certificate digests) as unpadded base64url.
+fn hex_to_base64url(hex: &str) -> Option<String> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let bytes = (0..32)
+        .map(|i| hex.get(2 * i..2 * i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+        .collect::<Option<Vec<u8>>>()?;
+    Some(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// The bearer token of a request, given every value of its `Authorization` header.

@@ -245,6 +245,7 @@ fn tokens_from_header_query_and_cookie_and_never_two_different_ones() {
             authorization: auth,
             headers,
             peer: None,
+            peer_certificate_sha256: None,
         };
         engine.authorize(&request, NOW).decision.reason
     };

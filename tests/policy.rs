@@ -57,6 +57,7 @@ impl<'a> Req<'a> {
             authorization: self.auth.into_iter().collect(),
             headers: self.headers.clone(),
             peer: self.peer,
+            peer_certificate_sha256: None,
         };
         engine.authorize(&request, NOW)
     }

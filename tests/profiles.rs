@@ -240,3 +240,51 @@ fn hmac_only_by_explicit_opt_in() {
     unused["hmac_secret"] = json!(secret_b64);
     assert_eq!(compile(unused).err().unwrap().field, "issuers[0].hmac_secret");
 }
+
+#[test]
+fn certificate_bound_tokens() {
+    use base64::Engine as _;
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let cert_digest = [0xab_u8; 32];
+    let cert_hex: String = cert_digest.iter().map(|b| format!("{b:02x}")).collect();
+    let other_hex = "cd".repeat(32);
+    let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cert_digest);
+    let issuer = |binding: &str| {
+        compile(
+            json!({"name": "ci", "issuer": "https://ci.test", "audiences": ["api"], "algorithms": ["EdDSA"],
+            "jwks": jwks(&[&key]), "certificate_binding": binding}),
+        )
+        .unwrap()
+    };
+    let bound = {
+        let mut s = spec("https://ci.test", "svc");
+        s.claims.insert("cnf".into(), json!({"x5t#S256": thumbprint}));
+        format!("Bearer {}", key.sign(&s).unwrap())
+    };
+    let unbound = format!("Bearer {}", key.sign(&spec("https://ci.test", "svc")).unwrap());
+    let decide = |engine: &Engine, auth: &str, cert: Option<&str>| {
+        let request = HttpRequest {
+            method: Some("GET"),
+            authority: Some("h"),
+            path: Some("/"),
+            authorization: vec![auth],
+            peer_certificate_sha256: cert,
+            ..Default::default()
+        };
+        engine.authorize(&request, NOW).decision.reason
+    };
+    let if_present = issuer("if-present");
+    assert_eq!(decide(&if_present, &bound, Some(&cert_hex)), Reason::Allowed);
+    assert_eq!(decide(&if_present, &bound, Some(&other_hex)), Reason::TokenCertificateMismatch);
+    assert_eq!(decide(&if_present, &bound, None), Reason::TokenCertificateMismatch);
+    assert_eq!(decide(&if_present, &unbound, None), Reason::Allowed);
+    // Checked per request: a cached bound token presented over another connection is refused.
+    assert_eq!(decide(&if_present, &bound, Some(&cert_hex)), Reason::Allowed);
+    assert_eq!(decide(&if_present, &bound, Some(&other_hex)), Reason::TokenCertificateMismatch);
+    let required = issuer("required");
+    assert_eq!(decide(&required, &unbound, Some(&cert_hex)), Reason::TokenCertificateMismatch);
+    assert_eq!(decide(&required, &bound, Some(&cert_hex)), Reason::Allowed);
+    let off = issuer("off");
+    assert_eq!(decide(&off, &bound, None), Reason::Allowed);
+    assert!(!off.uses_certificate_binding() && required.uses_certificate_binding());
+}

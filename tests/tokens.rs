@@ -1851,6 +1851,7 @@ fn method_overrides_and_case_do_not_change_the_method() {
         authorization: vec![auth.as_str()],
         headers,
         peer: None,
+        peer_certificate_sha256: None,
     };
     assert_denied(
         &engine().authorize(&request("POST", overrides("GET")), NOW).decision,

@@ -26,7 +26,12 @@ proxy_wasm::main! {{
 
 /// The mTLS peer's identity: the first URI SAN of its certificate (a SPIFFE ID under Istio).
 fn peer_identity() -> Option<String> {
-    let bytes = hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"]).ok()??;
+    property(&["connection", "uri_san_peer_certificate"])
+}
+
+/// A non-empty string property of the stream or connection.
+fn property(path: &[&str]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
     String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
 }
 
@@ -122,7 +127,16 @@ impl HttpContext for Request {
         };
 
         let peer = if engine.policy().uses_peers() { peer_identity() } else { None };
-        let mut request = HttpRequest { peer: peer.as_deref(), ..HttpRequest::default() };
+        let peer_certificate = if engine.uses_certificate_binding() {
+            property(&["connection", "sha256_peer_certificate_digest"])
+        } else {
+            None
+        };
+        let mut request = HttpRequest {
+            peer: peer.as_deref(),
+            peer_certificate_sha256: peer_certificate.as_deref(),
+            ..HttpRequest::default()
+        };
         let mut request_id = None;
         for (name, value) in &headers {
             // A header we read that is not UTF-8 cannot be a valid value for it: leave it unset
