@@ -225,3 +225,50 @@ impl<'a> LoadRecord<'a> {
         serde_json::to_string(self).unwrap_or_else(|_| format!("{{\"type\":\"{}\"}}", self.kind))
     }
 }
+
+/// The record written for every remote key fetch.
+#[derive(Debug, Serialize)]
+pub struct KeyFetchRecord<'a> {
+    /// Always `key_fetch`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Unix seconds.
+    pub time: u64,
+    /// The bundle.
+    pub bundle: &'a str,
+    /// The issuer's configured name.
+    pub issuer: &'a str,
+    /// The path fetched (discovery document or JWK Set).
+    pub path: &'a str,
+    /// `installed`, `discovered` or `failed`.
+    pub outcome: &'static str,
+    /// How many keys are in use, the `jwks_uri` found, or why the fetch failed.
+    pub detail: String,
+}
+
+impl<'a> KeyFetchRecord<'a> {
+    /// The record of one fetch.
+    pub fn new(
+        bundle: &'a str,
+        issuer: &'a str,
+        path: &'a str,
+        outcome: &crate::remote::FetchOutcome,
+        time: u64,
+    ) -> Self {
+        use crate::remote::FetchOutcome;
+        let detail = match outcome {
+            FetchOutcome::Installed { keys, skipped } if skipped.is_empty() => format!("{keys} keys in use"),
+            FetchOutcome::Installed { keys, skipped } => {
+                format!("{keys} keys in use; {}", skipped.join("; "))
+            }
+            FetchOutcome::Discovered { jwks_path } => format!("jwks_uri path {jwks_path}"),
+            FetchOutcome::Failed(why) => why.clone(),
+        };
+        KeyFetchRecord { kind: "key_fetch", time, bundle, issuer, path, outcome: outcome.label(), detail }
+    }
+
+    /// The record as one JSON line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{\"type\":\"key_fetch\"}".to_string())
+    }
+}

@@ -27,6 +27,8 @@ pub struct TokenCache {
 
 struct Entry {
     token: Rc<VerifiedToken>,
+    /// The generation of the issuer's key set the token was verified with.
+    generation: u64,
     /// Last second (inclusive) at which the entry may be used: the token's `exp`.
     usable_until: u64,
 }
@@ -42,12 +44,13 @@ impl TokenCache {
         TokenCache { entries: HashMap::new(), capacity, stats: CacheStats::default() }
     }
 
-    /// The verified token for this digest, if cached and still usable at `now`.
-    pub fn get(&mut self, key: &[u8; 32], now: u64) -> Option<Rc<VerifiedToken>> {
+    /// The verified token for this digest, if cached and still usable at `now`, with the key-set
+    /// generation it was verified with.
+    pub fn get(&mut self, key: &[u8; 32], now: u64) -> Option<(Rc<VerifiedToken>, u64)> {
         match self.entries.get(key) {
             Some(entry) if now <= entry.usable_until => {
                 self.stats.hits += 1;
-                Some(entry.token.clone())
+                Some((entry.token.clone(), entry.generation))
             }
             Some(_) => {
                 self.entries.remove(key);
@@ -63,14 +66,21 @@ impl TokenCache {
     }
 
     /// Remembers a verified token until `usable_until`.
-    pub fn insert(&mut self, key: [u8; 32], token: Rc<VerifiedToken>, usable_until: u64, now: u64) {
+    pub fn insert(
+        &mut self,
+        key: [u8; 32],
+        token: Rc<VerifiedToken>,
+        generation: u64,
+        usable_until: u64,
+        now: u64,
+    ) {
         if self.capacity == 0 {
             return;
         }
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             self.make_room(now);
         }
-        self.entries.insert(key, Entry { token, usable_until });
+        self.entries.insert(key, Entry { token, generation, usable_until });
     }
 
     /// Drops expired entries; if the cache is still full, drops an arbitrary eighth of it, so the
@@ -125,8 +135,8 @@ mod tests {
     fn entries_are_not_used_after_they_expire() {
         let mut cache = TokenCache::new(10);
         let key = digest("t1");
-        cache.insert(key, token("a", 100), 130, 50);
-        assert_eq!(cache.get(&key, 130).unwrap().subject, "a");
+        cache.insert(key, token("a", 100), 0, 130, 50);
+        assert_eq!(cache.get(&key, 130).unwrap().0.subject, "a");
         assert!(cache.get(&key, 131).is_none());
         assert!(cache.is_empty(), "an expired entry is dropped when seen");
         assert_eq!(cache.stats(), CacheStats { hits: 1, misses: 1, evictions: 1 });
@@ -136,14 +146,14 @@ mod tests {
     fn the_cache_stays_within_its_capacity() {
         let mut cache = TokenCache::new(16);
         for i in 0..1000u64 {
-            cache.insert(digest(&i.to_string()), token("a", 10_000), 10_000, 0);
+            cache.insert(digest(&i.to_string()), token("a", 10_000), 0, 10_000, 0);
             assert!(cache.len() <= 16);
         }
         // Expired entries are the first to go.
         let mut cache = TokenCache::new(2);
-        cache.insert(digest("old"), token("old", 10), 10, 0);
-        cache.insert(digest("live"), token("live", 1000), 1000, 0);
-        cache.insert(digest("new"), token("new", 1000), 1000, 20);
+        cache.insert(digest("old"), token("old", 10), 0, 10, 0);
+        cache.insert(digest("live"), token("live", 1000), 0, 1000, 0);
+        cache.insert(digest("new"), token("new", 1000), 0, 1000, 20);
         assert!(cache.get(&digest("live"), 20).is_some());
         assert!(cache.get(&digest("new"), 20).is_some());
         assert!(cache.get(&digest("old"), 5).is_none());
@@ -152,7 +162,7 @@ mod tests {
     #[test]
     fn capacity_zero_disables_caching() {
         let mut cache = TokenCache::new(0);
-        cache.insert(digest("t"), token("a", 100), 100, 0);
+        cache.insert(digest("t"), token("a", 100), 0, 100, 0);
         assert!(cache.get(&digest("t"), 0).is_none());
     }
 }

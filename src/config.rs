@@ -86,6 +86,10 @@ pub struct IssuerConfig {
     /// The issuer's public keys as a JWK Set (`{"keys": [...]}`).
     #[serde(default)]
     pub jwks: JwkSet,
+    /// Fetch the issuer's keys (JWKS URI or OIDC discovery) through an Envoy cluster, refreshed
+    /// periodically; used together with any inline `jwks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_jwks: Option<crate::remote::RemoteJwksConfig>,
     /// Opt-in to HMAC: the shared secret, base64url (at least 32 bytes). Never needed otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac_secret: Option<String>,
@@ -349,8 +353,15 @@ impl BundleConfig {
                     return Err(ConfigError::new(at(field), "must be positive"));
                 }
             }
+            if let Some(remote) = &cfg.remote_jwks {
+                remote.validate(&cfg.issuer).map_err(|(field, message)| {
+                    ConfigError::new(at(&format!("remote_jwks.{field}")), message)
+                })?;
+            }
             let (issuer, skipped) = Issuer::new(IssuerSpec {
                 name: cfg.name,
+                issuer_url: cfg.issuer.clone(),
+                remote_jwks: cfg.remote_jwks,
                 issuer: cfg.issuer,
                 profile,
                 audiences: cfg.audiences,

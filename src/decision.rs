@@ -49,6 +49,9 @@ pub enum Reason {
     /// The token is bound to a client certificate (`cnf.x5t#S256`) that the connection did not
     /// present, or the issuer requires binding and the token is not bound.
     TokenCertificateMismatch,
+    /// The issuer's keys are not available (remote key set never fetched, or too stale): the
+    /// request is refused rather than allowed without checking (503).
+    KeysUnavailable,
     /// The token is valid but no rule allows this request (default deny).
     PolicyNoMatch,
     /// A deny rule matched the request.
@@ -87,6 +90,7 @@ impl Reason {
             Reason::TokenLifetimeTooLong => "token_lifetime_too_long",
             Reason::TokenTooOld => "token_too_old",
             Reason::TokenCertificateMismatch => "token_certificate_mismatch",
+            Reason::KeysUnavailable => "keys_unavailable",
             Reason::PolicyNoMatch => "policy_no_matching_rule",
             Reason::PolicyDenied => "policy_denied",
             Reason::RequestPathRejected => "request_path_rejected",
@@ -103,6 +107,7 @@ impl Reason {
             Reason::PolicyNoMatch | Reason::PolicyDenied => 403,
             Reason::RequestPathRejected | Reason::RequestMalformed | Reason::RequestHeaderRepeated => 400,
             Reason::InternalError => 500,
+            Reason::KeysUnavailable => 503,
             _ => 401,
         }
     }
@@ -113,7 +118,7 @@ impl Reason {
     }
 
     /// Every reason, for documentation, metrics and tests.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::Allowed,
         Reason::TokenMissing,
         Reason::TokenMultiple,
@@ -134,6 +139,7 @@ impl Reason {
         Reason::TokenLifetimeTooLong,
         Reason::TokenTooOld,
         Reason::TokenCertificateMismatch,
+        Reason::KeysUnavailable,
         Reason::PolicyNoMatch,
         Reason::PolicyDenied,
         Reason::RequestPathRejected,

@@ -136,6 +136,31 @@ impl Engine {
         self.issuers.iter().any(|i| i.certificate_binding != crate::token::CertificateBinding::Off)
     }
 
+    /// The remote key fetches due now (see [`crate::remote`]); each is marked in flight.
+    pub fn due_key_fetches(&self, now: u64) -> Vec<crate::remote::Fetch> {
+        self.issuers.due_fetches(now)
+    }
+
+    /// Reports the result of a key fetch for the named issuer.
+    pub fn key_fetch_completed(
+        &self,
+        issuer: &str,
+        path: &str,
+        status: Option<u32>,
+        body: Option<&[u8]>,
+        now: u64,
+    ) -> crate::remote::FetchOutcome {
+        match self.issuers.get(issuer) {
+            Some(i) => i.fetch_completed(path, status, body, now),
+            None => crate::remote::FetchOutcome::Failed(format!("no issuer named {issuer:?}")),
+        }
+    }
+
+    /// Whether a request refused for `keys_unavailable` should rather wait for the first keys.
+    pub fn waiting_for_first_keys(&self, now_ms: u64) -> bool {
+        self.issuers.waiting_for_first_keys(now_ms)
+    }
+
     /// Verified-token cache counters.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.borrow().stats()
@@ -187,18 +212,24 @@ impl Engine {
         }
         let key = digest(token);
         // A failed borrow cannot happen (no re-entrancy); if it did, verify without the cache.
-        if let Some(hit) = self.cache.try_borrow_mut().ok().and_then(|mut c| c.get(&key, now)) {
-            // Age limits move with the clock: checked on every hit.
-            match self.issuers.get(&hit.issuer_name) {
-                Some(issuer) => issuer.check_age(&hit, now)?,
-                None => return Err(Reason::InternalError),
+        if let Some((hit, generation)) = self.cache.try_borrow_mut().ok().and_then(|mut c| c.get(&key, now)) {
+            let issuer = self.issuers.get(&hit.issuer_name).ok_or(Reason::InternalError)?;
+            // A cached verification is only as good as the keys behind it: none when they went
+            // stale, and redone when the issuer published a different key set.
+            if !issuer.keys_usable(now) {
+                return Err(Reason::KeysUnavailable);
             }
-            return Ok((hit, true));
+            if generation == issuer.key_generation() {
+                // Age limits move with the clock: checked on every hit.
+                issuer.check_age(&hit, now)?;
+                return Ok((hit, true));
+            }
         }
         let verified = Rc::new(self.issuers.verify(token, now)?);
+        let generation = self.issuers.get(&verified.issuer_name).map_or(0, |i| i.key_generation());
         if let Ok(mut cache) = self.cache.try_borrow_mut() {
             // A token without `exp` (allowed only by explicit opt-out) is re-verified each minute.
-            cache.insert(key, verified.clone(), verified.expires_at.unwrap_or(now + 60), now);
+            cache.insert(key, verified.clone(), generation, verified.expires_at.unwrap_or(now + 60), now);
         }
         Ok((verified, false))
     }

@@ -12,6 +12,7 @@ pub mod decision;
 pub mod engine;
 pub mod policy;
 pub mod profile;
+pub mod remote;
 pub mod request;
 pub mod source;
 pub mod token;

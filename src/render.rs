@@ -13,6 +13,8 @@ pub struct EnvoyOptions {
     pub admin_port: u16,
     /// Path of `meshward.wasm` as Envoy will see it.
     pub wasm_path: String,
+    /// Further clusters (name, port on 127.0.0.1), e.g. for a remote JWKS server.
+    pub clusters: Vec<(String, u16)>,
 }
 
 impl Default for EnvoyOptions {
@@ -22,6 +24,7 @@ impl Default for EnvoyOptions {
             backend_port: 8081,
             admin_port: 9901,
             wasm_path: "target/wasm32-wasip1/release/meshward.wasm".into(),
+            clusters: Vec::new(),
         }
     }
 }
@@ -29,6 +32,23 @@ impl Default for EnvoyOptions {
 /// A complete Envoy bootstrap: meshward on the ingress listener, a demo backend, admin on loopback.
 /// `bundle_json` is the plugin configuration, embedded as Envoy's `configuration` string.
 pub fn envoy_bootstrap(bundle_json: &str, o: &EnvoyOptions) -> String {
+    let mut clusters = String::new();
+    for (name, port) in &o.clusters {
+        let _ = write!(
+            clusters,
+            r#"  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+"#
+        );
+    }
     let mut config = String::new();
     for line in bundle_json.trim_end().lines() {
         // Block scalar lines are indented below `value: |`.
@@ -45,9 +65,11 @@ admin:
 stats_config:
   stats_tags:
   - tag_name: outcome
-    regex: '^wasmcustom\.meshward\.decisions_total(\.outcome\.([a-z]+))\.'
+    regex: '^wasmcustom\.meshward\.(?:decisions|key_fetches)_total(\.outcome\.([a-z]+))'
   - tag_name: reason
     regex: '^wasmcustom\.meshward\.decisions_total\.outcome\.[a-z]+(\.reason\.([a-z_]+))$'
+  - tag_name: issuer
+    regex: '^wasmcustom\.meshward\.key_set_age_seconds(\.issuer\.([A-Za-z0-9_-]+))$'
 static_resources:
   listeners:
   - name: ingress
@@ -136,7 +158,7 @@ static_resources:
         - endpoint:
             address:
               socket_address: {{ address: 127.0.0.1, port_value: {backend} }}
-"#,
+{clusters}"#,
         admin = o.admin_port,
         listen = o.listen_port,
         backend = o.backend_port,

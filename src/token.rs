@@ -16,8 +16,11 @@ use jwt_simple::JWTError;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
+use std::cell::RefCell;
+
 use crate::decision::Reason;
 use crate::profile::Profile;
+use crate::remote::{Fetch, FetchOutcome, RemoteJwksConfig, RemoteKeys};
 
 /// The signature algorithms meshward accepts. There is deliberately no `none` and no HMAC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -262,6 +265,9 @@ pub struct IssuerSpec {
     pub max_lifetime_seconds: Option<u64>,
     pub max_age_seconds: Option<u64>,
     pub certificate_binding: CertificateBinding,
+    pub remote_jwks: Option<RemoteJwksConfig>,
+    /// The `iss` URL again, for OIDC discovery.
+    pub issuer_url: String,
 }
 
 /// A trusted token issuer, compiled from configuration.
@@ -281,6 +287,13 @@ pub struct Issuer {
     max_age_seconds: Option<u64>,
     /// Whether tokens must match the connection's client certificate.
     pub certificate_binding: CertificateBinding,
+    /// Keys fetched from the issuer's JWKS URI, and the fetch state.
+    remote: Option<RefCell<(RemoteKeys, Vec<VerifyKey>)>>,
+    /// Bumped whenever a different remote key set is installed: cached verifications made with an
+    /// older set are redone.
+    generation: std::cell::Cell<u64>,
+    /// The installed remote key set, as fetched, to tell a changed set from a refresh.
+    installed_jwks: RefCell<Vec<Value>>,
 }
 
 impl Issuer {
@@ -305,7 +318,7 @@ impl Issuer {
                 keys.push(VerifyKey { kid: None, alg, key });
             }
         }
-        if keys.is_empty() {
+        if keys.is_empty() && spec.remote_jwks.is_none() {
             let mut msg = "no usable key for the allowed algorithms".to_string();
             if let Some(w) = warnings.first() {
                 msg = format!("{msg} ({w})");
@@ -324,13 +337,103 @@ impl Issuer {
             max_lifetime_seconds: spec.max_lifetime_seconds,
             max_age_seconds: spec.max_age_seconds,
             certificate_binding: spec.certificate_binding,
+            remote: spec
+                .remote_jwks
+                .map(|config| RefCell::new((RemoteKeys::new(config, &spec.issuer_url), Vec::new()))),
+            generation: std::cell::Cell::new(0),
+            installed_jwks: RefCell::new(Vec::new()),
         };
         Ok((issuer, warnings))
     }
 
-    /// How many verification keys (key x algorithm) the issuer holds.
+    /// How many verification keys (key x algorithm) the issuer holds, inline and remote.
     pub fn key_count(&self) -> usize {
-        self.keys.len()
+        self.keys.len() + self.remote.as_ref().map_or(0, |r| r.borrow().1.len())
+    }
+
+    /// Whether the issuer's keys come (also) from a remote key set.
+    pub fn has_remote_keys(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The fetch of the remote key set that is due now, if any.
+    pub fn due_fetch(&self, now: u64) -> Option<Fetch> {
+        let mut remote = self.remote.as_ref()?.try_borrow_mut().ok()?;
+        remote.0.due(&self.name, now)
+    }
+
+    /// The largest response body the remote key server may send.
+    pub fn max_body_bytes(&self) -> usize {
+        self.remote.as_ref().map_or(0, |r| r.borrow().0.config().max_body_bytes)
+    }
+
+    /// Handles the response to a fetch of `path` (`status` `None`: no response at all).
+    pub fn fetch_completed(
+        &self,
+        path: &str,
+        status: Option<u32>,
+        body: Option<&[u8]>,
+        now: u64,
+    ) -> FetchOutcome {
+        let Some(cell) = &self.remote else {
+            return FetchOutcome::Failed("issuer has no remote keys".into());
+        };
+        let Ok(mut remote) = cell.try_borrow_mut() else {
+            return FetchOutcome::Failed("busy".into());
+        };
+        let jwks = match remote.0.response(path, status, body) {
+            Ok(Some(jwks)) => jwks,
+            Ok(None) => return remote.0.failed("no keys".into()),
+            Err(outcome) => return outcome,
+        };
+        let asymmetric: Vec<Algorithm> = self.algorithms.iter().copied().filter(|a| !a.is_hmac()).collect();
+        let mut keys = Vec::new();
+        let mut skipped = Vec::new();
+        for (i, jwk) in jwks.iter().enumerate() {
+            match keys_from_jwk(jwk, &asymmetric, self.profile.key_uses()) {
+                Ok(found) => keys.extend(found),
+                Err(e) => skipped.push(format!("keys[{i}] skipped: {e}")),
+            }
+        }
+        if keys.is_empty() {
+            // Keep the last good set rather than install one that verifies nothing.
+            return remote.0.failed(format!("no usable key in the key set ({})", skipped.join("; ")));
+        }
+        let count = keys.len();
+        remote.1 = keys;
+        remote.0.installed(now);
+        if let Ok(mut installed) = self.installed_jwks.try_borrow_mut() {
+            if *installed != jwks {
+                *installed = jwks;
+                self.generation.set(self.generation.get() + 1);
+            }
+        }
+        FetchOutcome::Installed { keys: count, skipped }
+    }
+
+    /// The generation of the key set (changes when a different remote set is installed).
+    pub fn key_generation(&self) -> u64 {
+        self.generation.get()
+    }
+
+    /// Whether the issuer has keys usable at `now` (inline keys, or a remote set not too stale).
+    pub fn keys_usable(&self, now: u64) -> bool {
+        !self.keys.is_empty() || self.remote.as_ref().is_some_and(|r| r.borrow().0.usable(now))
+    }
+
+    /// Age of the remote key set in use, if one was ever installed.
+    pub fn key_set_age(&self, now: u64) -> Option<u64> {
+        self.remote.as_ref().and_then(|r| r.borrow().0.age(now))
+    }
+
+    /// How long requests may wait for this issuer's first remote key set, if it has one.
+    pub fn wait_for_keys_ms(&self) -> Option<u64> {
+        self.remote.as_ref().map(|r| r.borrow().0.config().wait_for_keys_ms)
+    }
+
+    /// Whether requests should wait for this issuer's first remote key set.
+    pub fn waiting_for_first_keys(&self, now_ms: u64) -> bool {
+        self.remote.as_ref().is_some_and(|r| r.borrow().0.still_waiting_for_first_keys(now_ms))
     }
 
     /// Checks the token's certificate binding against the connection's client certificate, given as
@@ -457,6 +560,16 @@ impl Issuers {
         self.issuers.iter()
     }
 
+    /// The remote key fetches that are due now (each marked in flight).
+    pub fn due_fetches(&self, now: u64) -> Vec<Fetch> {
+        self.issuers.iter().filter_map(|i| i.due_fetch(now)).collect()
+    }
+
+    /// Whether requests should wait for some issuer's first remote key set.
+    pub fn waiting_for_first_keys(&self, now_ms: u64) -> bool {
+        self.issuers.iter().any(|i| i.waiting_for_first_keys(now_ms))
+    }
+
     /// The issuer with this configured name.
     pub fn get(&self, name: &str) -> Option<&Issuer> {
         self.issuers.iter().find(|i| i.name == name)
@@ -528,8 +641,22 @@ impl Issuers {
         };
         // Only keys of the token's algorithm; a token `kid` must match the key's, and a key with a
         // `kid` is not used for a token naming another.
-        let candidates =
-            issuer.keys.iter().filter(|k| k.alg == alg && (kid.is_none() || k.kid.as_deref() == kid));
+        let remote = match &issuer.remote {
+            Some(cell) => Some(cell.try_borrow().map_err(|_| Reason::InternalError)?),
+            None => None,
+        };
+        let remote_keys: &[VerifyKey] = match &remote {
+            Some(r) if r.0.usable(now) => &r.1,
+            _ => &[],
+        };
+        if issuer.keys.is_empty() && remote_keys.is_empty() {
+            return Err(Reason::KeysUnavailable);
+        }
+        let candidates = issuer
+            .keys
+            .iter()
+            .chain(remote_keys)
+            .filter(|k| k.alg == alg && (kid.is_none() || k.kid.as_deref() == kid));
         let mut tried = false;
         let mut claims = None;
         for key in candidates {
@@ -543,10 +670,19 @@ impl Issuers {
                 Err(e) => return Err(reason_for(&e)),
             }
         }
+        drop(remote);
         let claims = match claims {
             Some(c) => c,
             None if tried => return Err(Reason::TokenSignatureInvalid),
-            None => return Err(Reason::TokenKeyUnknown),
+            None => {
+                // Perhaps the issuer rotated keys: fetch again soon (rate-limited).
+                if let Some(cell) = &issuer.remote {
+                    if let Ok(mut r) = cell.try_borrow_mut() {
+                        r.0.unknown_kid(now);
+                    }
+                }
+                return Err(Reason::TokenKeyUnknown);
+            }
         };
 
         let expires_at = claims.expires_at.map(|t| t.as_secs());

@@ -293,3 +293,58 @@ fn tokens_from_header_query_and_cookie_and_never_two_different_ones() {
         assert_eq!(err.field, "settings.token_sources[0]", "{source}");
     }
 }
+
+#[test]
+fn cached_tokens_follow_the_remote_key_set() {
+    let k1 = SigningKey::generate(Algorithm::EdDSA, "k1").unwrap();
+    let k2 = SigningKey::generate(Algorithm::EdDSA, "k2").unwrap();
+    let bundle = json!({
+        "name": "t",
+        "issuers": [{"name": "idp", "issuer": "https://idp.test", "audiences": ["api"], "algorithms": ["EdDSA"],
+                     "remote_jwks": {"cluster": "keys", "jwks_path": "/jwks", "refresh_seconds": 60, "max_stale_seconds": 120}}],
+        "rules": [{"id": "r", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]}],
+    });
+    let (engine, _) = BundleConfig::from_json(bundle.to_string().as_bytes()).unwrap().compile().unwrap();
+    let t1 =
+        format!("Bearer {}", k1.sign(&TokenSpec::new("https://idp.test", "svc", "api", NOW, 3600)).unwrap());
+    assert_eq!(decide(&engine, &t1, NOW), Reason::KeysUnavailable, "no keys yet: fail closed");
+
+    let fetch = engine.due_key_fetches(NOW);
+    assert_eq!(fetch.len(), 1);
+    assert_eq!((fetch[0].cluster.as_str(), fetch[0].path.as_str()), ("keys", "/jwks"));
+    let set1 = jwks(&[&k1]).to_string();
+    let outcome = engine.key_fetch_completed("idp", "/jwks", Some(200), Some(set1.as_bytes()), NOW);
+    assert_eq!(outcome.label(), "installed");
+    assert_eq!(decide(&engine, &t1, NOW), Reason::Allowed);
+    assert_eq!(decide(&engine, &t1, NOW + 1), Reason::Allowed);
+    assert_eq!(engine.cache_stats().hits, 1);
+
+    // The same set again changes nothing; a set without k1 invalidates what k1 verified.
+    assert_eq!(engine.due_key_fetches(NOW + 61).len(), 1);
+    engine.key_fetch_completed("idp", "/jwks", Some(200), Some(set1.as_bytes()), NOW + 61);
+    assert_eq!(decide(&engine, &t1, NOW + 62), Reason::Allowed);
+    assert_eq!(engine.cache_stats().hits, 2);
+    assert_eq!(engine.due_key_fetches(NOW + 122).len(), 1);
+    let set2 = jwks(&[&k2]).to_string();
+    engine.key_fetch_completed("idp", "/jwks", Some(200), Some(set2.as_bytes()), NOW + 122);
+    assert_eq!(
+        decide(&engine, &t1, NOW + 123),
+        Reason::TokenKeyUnknown,
+        "rotated out: verified again, and refused"
+    );
+
+    // Refreshes fail from here on; past max_stale_seconds the issuer has no keys at all.
+    assert_eq!(engine.due_key_fetches(NOW + 190).len(), 1);
+    assert_eq!(engine.key_fetch_completed("idp", "/jwks", Some(500), None, NOW + 190).label(), "failed");
+    let t2 = format!(
+        "Bearer {}",
+        k2.sign(&TokenSpec::new("https://idp.test", "svc", "api", NOW + 100, 3600)).unwrap()
+    );
+    assert_eq!(decide(&engine, &t2, NOW + 200), Reason::Allowed, "stale but within max_stale_seconds");
+    assert_eq!(
+        decide(&engine, &t2, NOW + 243),
+        Reason::KeysUnavailable,
+        "cache hit, but the keys are too stale"
+    );
+    assert_eq!(Reason::KeysUnavailable.http_status(), 503);
+}

@@ -153,7 +153,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             BundleConfig::from_json(text.as_bytes())
                 .and_then(BundleConfig::compile)
                 .map_err(|e| Failure(1, format!("{}: {e}", bundle.display())))?;
-            let options = EnvoyOptions { listen_port, backend_port, admin_port, wasm_path: wasm };
+            let options =
+                EnvoyOptions { listen_port, backend_port, admin_port, wasm_path: wasm, clusters: Vec::new() };
             print!("{}", envoy_bootstrap(&text, &options));
             Ok(())
         }

@@ -16,6 +16,8 @@ pub struct Metrics {
     cache_misses: Option<u32>,
     dry_run_disagreements: Option<u32>,
     break_glass: Option<u32>,
+    key_fetches: HashMap<&'static str, u32>,
+    key_set_ages: std::cell::RefCell<HashMap<String, u32>>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -50,6 +52,43 @@ impl Metrics {
             cache_misses: counter("meshward.token_cache_misses_total"),
             dry_run_disagreements: counter("meshward.dry_run_disagreements_total"),
             break_glass: counter("meshward.break_glass_total"),
+            key_fetches: ["installed", "discovered", "failed"]
+                .into_iter()
+                .filter_map(|o| Some((o, counter(&format!("meshward.key_fetches_total.outcome.{o}"))?)))
+                .collect(),
+            key_set_ages: Default::default(),
+        }
+    }
+
+    /// Counts one key fetch by outcome (`installed`, `discovered`, `failed`).
+    pub fn key_fetch(&self, outcome: &str) {
+        add(self.key_fetches.get(outcome).copied(), 1);
+    }
+
+    /// Sets the age of an issuer's key set.
+    pub fn key_set_age(&self, issuer: &str, age: u64) {
+        let Ok(mut ages) = self.key_set_ages.try_borrow_mut() else { return };
+        let id = match ages.get(issuer) {
+            Some(id) => Some(*id),
+            None => {
+                // Issuer names become a label; keep them to characters stats names allow.
+                let label: String = issuer
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                    .collect();
+                let id = hostcalls::define_metric(
+                    MetricType::Gauge,
+                    &format!("meshward.key_set_age_seconds.issuer.{label}"),
+                )
+                .ok();
+                if let Some(id) = id {
+                    ages.insert(issuer.to_owned(), id);
+                }
+                id
+            }
+        };
+        if let Some(id) = id {
+            let _ = hostcalls::record_metric(id, age);
         }
     }
 

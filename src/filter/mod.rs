@@ -1,57 +1,94 @@
 //! The proxy-wasm glue: Envoy callbacks in, decisions out. All host calls live here.
 //!
-//! The root context parses and compiles the configuration once (`on_configure`); each HTTP context
-//! shares the compiled [`Engine`] and authorizes its request in `on_http_request_headers`. Host
-//! results are never unwrapped: a failing host call denies the request (fail closed).
+//! The root context parses and compiles the configuration once (`on_configure`), fetches remote key
+//! sets on a timer (`on_tick`, `on_http_call_response`), and hands each HTTP context the compiled
+//! [`Engine`]. An HTTP context authorizes its request in `on_http_request_headers`. Host results
+//! are never unwrapped: a failing host call denies the request (fail closed).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use crate::audit::{AuditRecord, LoadRecord};
+use crate::audit::{AuditRecord, KeyFetchRecord, LoadRecord};
 use crate::config::BundleConfig;
-use crate::decision::{Decision, Reason};
+use crate::decision::Reason;
 use crate::engine::{Engine, HttpRequest, Outcome};
+use crate::remote::FetchOutcome;
 
 mod metrics;
+mod request;
 use metrics::Metrics;
+use request::OwnedRequest;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { engine: None, metrics: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
 }}
-
-/// The mTLS peer's identity: the first URI SAN of its certificate (a SPIFFE ID under Istio).
-fn peer_identity() -> Option<String> {
-    property(&["connection", "uri_san_peer_certificate"])
-}
-
-/// A non-empty string property of the stream or connection.
-fn property(path: &[&str]) -> Option<String> {
-    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
-    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
-}
-
-/// The host's clock, in unix seconds.
-fn now_secs() -> Option<u64> {
-    hostcalls::get_current_time().ok()?.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
-}
 
 fn log(level: LogLevel, message: &str) {
     // Logging is best effort; there is nothing better to do if the host refuses it.
     let _ = hostcalls::log(level, message);
 }
 
-/// The plugin instance: owns the compiled configuration.
+/// A request parked until the first remote key set arrives.
+struct Waiter {
+    context_id: u32,
+    request: OwnedRequest,
+    deadline_ms: u64,
+}
+
+/// What the root context and the HTTP contexts of one VM share.
+#[derive(Default)]
+struct Shared {
+    waiting: Vec<Waiter>,
+}
+
+/// The plugin instance: owns the compiled configuration and the key fetches.
+#[derive(Default)]
 struct Root {
     engine: Option<Rc<Engine>>,
     metrics: Option<Rc<Metrics>>,
+    shared: Rc<RefCell<Shared>>,
+    /// Key fetches in flight: call token -> (issuer, path).
+    fetches: HashMap<u32, (String, String)>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some((issuer, path)) = self.fetches.remove(&token_id) else { return };
+        let Some(engine) = self.engine.clone() else { return };
+        let now = now_secs().unwrap_or(0);
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u32>().ok());
+        // Read at most one byte more than allowed, so an oversized body is recognised, not read.
+        let cap = engine.issuers().get(&issuer).map_or(0, |i| i.max_body_bytes());
+        let body = if status.is_some() && body_size > 0 {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(cap + 1)).ok().flatten()
+        } else {
+            None
+        };
+        let outcome = engine.key_fetch_completed(&issuer, &path, status, body.as_deref(), now);
+        self.report_fetch(&engine, &issuer, &path, &outcome);
+        match outcome {
+            FetchOutcome::Installed { .. } => self.resume_waiters(&engine),
+            FetchOutcome::Discovered { .. } => self.dispatch_due(&engine, now),
+            FetchOutcome::Failed(_) => {}
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -80,9 +117,14 @@ impl RootContext for Root {
                         engine.policy().rules().len()
                     ),
                 );
+                let remote = engine.issuers().iter().any(|i| i.has_remote_keys());
                 self.engine = Some(Rc::new(engine));
                 if self.metrics.is_none() {
                     self.metrics = Some(Rc::new(Metrics::define()));
+                }
+                if remote {
+                    // Fetches are dispatched from the timer; the first tick comes at once.
+                    let _ = hostcalls::set_tick_period(Duration::from_millis(250));
                 }
                 true
             }
@@ -95,8 +137,27 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request { engine: self.engine.clone(), metrics: self.metrics.clone() }))
+    fn on_tick(&mut self) {
+        let Some(engine) = self.engine.clone() else { return };
+        let now = now_secs().unwrap_or(0);
+        self.dispatch_due(&engine, now);
+        self.expire_waiters(&engine);
+        if let Some(metrics) = &self.metrics {
+            for issuer in engine.issuers().iter() {
+                if let Some(age) = issuer.key_set_age(now) {
+                    metrics.key_set_age(&issuer.name, age);
+                }
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            context_id,
+            engine: self.engine.clone(),
+            metrics: self.metrics.clone(),
+            shared: self.shared.clone(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -104,73 +165,176 @@ impl RootContext for Root {
     }
 }
 
-/// One HTTP stream.
-struct Request {
-    engine: Option<Rc<Engine>>,
-    metrics: Option<Rc<Metrics>>,
+impl Root {
+    fn dispatch_due(&mut self, engine: &Engine, now: u64) {
+        for fetch in engine.due_key_fetches(now) {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", fetch.path.as_str()),
+                (":authority", fetch.authority.as_str()),
+                ("accept", "application/json"),
+            ];
+            let timeout = Duration::from_millis(fetch.timeout_ms);
+            match hostcalls::dispatch_http_call(&fetch.cluster, headers, None, vec![], timeout) {
+                Ok(token) => {
+                    self.fetches.insert(token, (fetch.issuer, fetch.path));
+                }
+                Err(status) => {
+                    let outcome = engine.key_fetch_completed(&fetch.issuer, &fetch.path, None, None, now);
+                    log(
+                        LogLevel::Warn,
+                        &format!("key fetch for issuer {:?} not dispatched: {status:?}", fetch.issuer),
+                    );
+                    self.report_fetch(engine, &fetch.issuer, &fetch.path, &outcome);
+                }
+            }
+        }
+    }
+
+    fn report_fetch(&self, engine: &Engine, issuer: &str, path: &str, outcome: &FetchOutcome) {
+        if let Some(metrics) = &self.metrics {
+            metrics.key_fetch(outcome.label());
+        }
+        let record =
+            KeyFetchRecord::new(&engine.name, issuer, path, outcome, now_secs().unwrap_or(0)).to_json();
+        let level = if matches!(outcome, FetchOutcome::Failed(_)) { LogLevel::Warn } else { LogLevel::Info };
+        log(level, &record.to_string());
+    }
+
+    /// Decides every parked request now that keys are here, and lets it go on or answers it.
+    fn resume_waiters(&mut self, engine: &Engine) {
+        let waiting = std::mem::take(&mut self.shared.borrow_mut().waiting);
+        let now = now_secs().unwrap_or(0);
+        for waiter in waiting {
+            if hostcalls::set_effective_context(waiter.context_id).is_err() {
+                continue; // the stream is gone
+            }
+            if decide(
+                engine,
+                self.metrics.as_deref(),
+                &waiter.request.as_request(),
+                waiter.request.request_id(),
+                now,
+            ) == Action::Continue
+            {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+    }
+
+    /// Refuses parked requests whose wait is over.
+    fn expire_waiters(&mut self, engine: &Engine) {
+        let now_ms = now_millis().unwrap_or(0);
+        let expired: Vec<Waiter> = {
+            let mut shared = self.shared.borrow_mut();
+            let (expired, keep) =
+                std::mem::take(&mut shared.waiting).into_iter().partition(|w| w.deadline_ms <= now_ms);
+            shared.waiting = keep;
+            expired
+        };
+        let now = now_ms / 1000;
+        for waiter in expired {
+            if hostcalls::set_effective_context(waiter.context_id).is_ok() {
+                // Decide again: the answer is `keys_unavailable` unless keys came meanwhile.
+                if decide(
+                    engine,
+                    self.metrics.as_deref(),
+                    &waiter.request.as_request(),
+                    waiter.request.request_id(),
+                    now,
+                ) == Action::Continue
+                {
+                    let _ = hostcalls::resume_http_request();
+                }
+            }
+        }
+    }
 }
 
-impl Context for Request {}
+/// One HTTP stream.
+struct Stream {
+    context_id: u32,
+    engine: Option<Rc<Engine>>,
+    metrics: Option<Rc<Metrics>>,
+    shared: Rc<RefCell<Shared>>,
+}
 
-impl HttpContext for Request {
+impl Context for Stream {
+    fn on_done(&mut self) -> bool {
+        // A stream reset while parked must not be resumed later.
+        let id = self.context_id;
+        self.shared.borrow_mut().waiting.retain(|w| w.context_id != id);
+        true
+    }
+}
+
+impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(engine) = self.engine.clone() else {
             // No configuration: Envoy should not have created us, but fail closed if it did.
             return send_deny(None, Reason::InternalError, None);
         };
-        let headers = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
-            Ok(h) => h,
-            Err(_) => return send_deny(Some(&engine), Reason::InternalError, None),
-        };
-        let Some(now) = now_secs() else {
+        let (Ok(headers), Some(now_ms)) =
+            (hostcalls::get_map_bytes(MapType::HttpRequestHeaders), now_millis())
+        else {
             return send_deny(Some(&engine), Reason::InternalError, None);
         };
-
-        let peer = if engine.policy().uses_peers() { peer_identity() } else { None };
-        let peer_certificate = if engine.uses_certificate_binding() {
-            property(&["connection", "sha256_peer_certificate_digest"])
-        } else {
-            None
-        };
-        let mut request = HttpRequest {
-            peer: peer.as_deref(),
-            peer_certificate_sha256: peer_certificate.as_deref(),
-            ..HttpRequest::default()
-        };
-        let mut request_id = None;
-        for (name, value) in &headers {
-            // A header we read that is not UTF-8 cannot be a valid value for it: leave it unset
-            // (a missing token or path then denies).
-            let value = std::str::from_utf8(value).ok();
-            match name.as_str() {
-                ":method" => request.method = value,
-                ":authority" => request.authority = value,
-                ":path" => request.path = value,
-                "authorization" => request.authorization.push(value.unwrap_or("\u{0}")),
-                "x-request-id" => request_id = value,
-                _ => {}
+        let request = OwnedRequest::from_headers(
+            headers,
+            if engine.policy().uses_peers() {
+                property(&["connection", "uri_san_peer_certificate"])
+            } else {
+                None
+            },
+            if engine.uses_certificate_binding() {
+                property(&["connection", "sha256_peer_certificate_digest"])
+            } else {
+                None
+            },
+        );
+        let now = now_ms / 1000;
+        // Before the first remote key set, a request may wait for it instead of being refused.
+        if engine.waiting_for_first_keys(now_ms) {
+            let outcome = engine.authorize(&request.as_request(), now);
+            if outcome.decision.reason == Reason::KeysUnavailable {
+                let wait_ms = engine.issuers().iter().filter_map(|i| i.wait_for_keys_ms()).max().unwrap_or(0);
+                self.shared.borrow_mut().waiting.push(Waiter {
+                    context_id: self.context_id,
+                    request,
+                    deadline_ms: now_ms + wait_ms,
+                });
+                return Action::Pause;
             }
-            // Non-UTF-8 values count as present (a repeated header still denies) but never equal.
-            request.headers.push((name.as_str(), value.unwrap_or("\u{fffd}")));
         }
-        let outcome = engine.authorize(&request, now);
-        if engine.should_audit(&outcome) {
-            let record = AuditRecord::new(&engine.name, &request, &outcome, now, request_id).to_json();
-            log(LogLevel::Info, &record);
-            // Also as filter state (`wasm.meshward_audit`), for access-log formats.
-            let _ = hostcalls::set_property(vec!["meshward_audit"], Some(record.as_bytes()));
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.record(&outcome);
-        }
+        decide(&engine, self.metrics.as_deref(), &request.as_request(), request.request_id(), now)
+    }
+}
 
-        if !outcome.lets_through() {
-            return send_deny(Some(&engine), outcome.decision.reason, request_id);
-        }
-        match forward_identity(&engine, &outcome) {
-            Ok(()) => Action::Continue,
-            Err(_) => send_deny(Some(&engine), Reason::InternalError, request_id),
-        }
+/// Authorizes a request, audits and counts the decision, and either forwards the verified
+/// identity (`Continue`) or answers the request itself (`Pause`). Acts on the effective context.
+fn decide(
+    engine: &Engine,
+    metrics: Option<&Metrics>,
+    request: &HttpRequest<'_>,
+    request_id: Option<&str>,
+    now: u64,
+) -> Action {
+    let outcome = engine.authorize(request, now);
+    if engine.should_audit(&outcome) {
+        let record = AuditRecord::new(&engine.name, request, &outcome, now, request_id).to_json();
+        log(LogLevel::Info, &record);
+        // Also as filter state (`wasm.meshward_audit`), for access-log formats.
+        let _ = hostcalls::set_property(vec!["meshward_audit"], Some(record.as_bytes()));
+    }
+    if let Some(metrics) = metrics {
+        metrics.record(&outcome);
+    }
+    if !outcome.lets_through() {
+        return send_deny(Some(engine), outcome.decision.reason, request_id);
+    }
+    match forward_identity(engine, &outcome) {
+        Ok(()) => Action::Continue,
+        Err(_) => send_deny(Some(engine), Reason::InternalError, request_id),
     }
 }
 
@@ -190,7 +354,7 @@ fn send_deny(engine: Option<&Engine>, reason: Reason, request_id: Option<&str>) 
             let r = engine.deny_response(reason, request_id);
             (r.status, r.headers, r.body)
         }
-        None => (500, Vec::new(), format!("{{\"reason\":\"{}\"}}", Decision::deny(reason).reason.code())),
+        None => (500, Vec::new(), format!("{{\"reason\":\"{}\"}}", reason.code())),
     };
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     if hostcalls::send_http_response(status, headers, Some(body.as_bytes())).is_err() {
@@ -198,4 +362,21 @@ fn send_deny(engine: Option<&Engine>, reason: Reason, request_id: Option<&str>) 
         let _ = hostcalls::reset_http_request();
     }
     Action::Pause
+}
+
+/// A non-empty string property of the stream or connection.
+fn property(path: &[&str]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
+    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+}
+
+/// The host's clock, in unix milliseconds.
+fn now_millis() -> Option<u64> {
+    let since = hostcalls::get_current_time().ok()?.duration_since(UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_millis()).ok()
+}
+
+/// The host's clock, in unix seconds.
+fn now_secs() -> Option<u64> {
+    now_millis().map(|ms| ms / 1000)
 }

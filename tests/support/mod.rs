@@ -74,11 +74,25 @@ impl Envoy {
 
     /// Starts Envoy; reports whether it became ready or exited.
     pub fn try_start(bundle_json: &str) -> Started {
+        Self::try_start_with_clusters(bundle_json, Vec::new())
+    }
+
+    /// Starts Envoy with further clusters (name, port on 127.0.0.1), e.g. a key server.
+    pub fn start_with_clusters(bundle_json: &str, clusters: Vec<(String, u16)>) -> Envoy {
+        match Self::try_start_with_clusters(bundle_json, clusters) {
+            Started::Ready(envoy) => envoy,
+            Started::Exited(code, log) => panic!("Envoy exited ({code:?}) before it was ready:\n{log}"),
+        }
+    }
+
+    /// Like [`Envoy::start_with_clusters`], reporting whether Envoy became ready or exited.
+    pub fn try_start_with_clusters(bundle_json: &str, clusters: Vec<(String, u16)>) -> Started {
         let options = EnvoyOptions {
             listen_port: free_port(),
             backend_port: free_port(),
             admin_port: free_port(),
             wasm_path: wasm_module().display().to_string(),
+            clusters,
         };
         let (listen, admin) = (options.listen_port, options.admin_port);
         Self::try_start_yaml(&envoy_bootstrap(bundle_json, &options), listen, admin)
