@@ -30,9 +30,13 @@ impl ConfigError {
 }
 
 /// A policy bundle: issuers to trust, rules to enforce, and plugin settings.
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleConfig {
+    /// The JSON Schema the file follows (for editors); ignored.
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     /// The bundle's name, reported in load records and audit lines.
     pub name: String,
     /// A version label (for example a Git revision).
@@ -55,6 +59,7 @@ pub struct BundleConfig {
 }
 
 /// Deny-lists that take effect as soon as a configuration carrying them is loaded.
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Revoked {
@@ -65,6 +70,7 @@ pub struct Revoked {
 }
 
 /// A trusted token issuer.
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
@@ -120,6 +126,7 @@ fn default_true() -> bool {
 }
 
 /// A JWK Set (RFC 7517 section 5).
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct JwkSet {
     /// The keys; each is checked on its own, and an unusable one is skipped with a warning.
@@ -127,6 +134,7 @@ pub struct JwkSet {
 }
 
 /// Plugin settings.
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -409,4 +417,11 @@ fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with(':')
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// The JSON Schema of a bundle, for editors (generated from the same types the plugin parses).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(BundleConfig);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }

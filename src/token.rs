@@ -240,6 +240,7 @@ fn keys_from_jwk(jwk: &Value, allowed: &[Algorithm], uses: &[&str]) -> Result<Ve
 /// Whether an issuer's tokens are bound to the client certificate of the connection (RFC 8705
 /// `cnf.x5t#S256`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum CertificateBinding {
     /// Not checked.

@@ -16,6 +16,15 @@ fn repo_file(rel: &str) -> String {
 }
 
 #[test]
+fn the_json_schema_is_generated_from_the_bundle_types() {
+    assert_eq!(
+        repo_file("policies/meshward.schema.json"),
+        meshward::config::json_schema(),
+        "policies/meshward.schema.json is stale: run `make schema`"
+    );
+}
+
+#[test]
 fn envoy_yaml_is_the_rendering_of_the_registry_bundle() {
     let bundle = repo_file("policies/registry.json");
     assert_eq!(
