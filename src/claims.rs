@@ -23,6 +23,14 @@ impl VerifiedToken {
         lookup(&self.claims, path).cloned()
     }
 
+    /// The claim at `path`, borrowed where it can be (policy conditions read claims this way).
+    pub fn claim_ref(&self, path: &str) -> Option<std::borrow::Cow<'_, Value>> {
+        match path {
+            "sub" | "iss" | "jti" | "exp" | "iat" => self.claim(path).map(std::borrow::Cow::Owned),
+            _ => lookup(&self.claims, path).map(std::borrow::Cow::Borrowed),
+        }
+    }
+
     /// The claim at `path` as header text: strings as they are, numbers and booleans printed,
     /// arrays of strings comma-joined, anything else as compact JSON.
     pub fn claim_text(&self, path: &str) -> Option<String> {

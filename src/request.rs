@@ -40,11 +40,18 @@ fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Paths with more segments are refused: no real API needs them, and they only make matching
+/// cost more.
+pub const MAX_SEGMENTS: usize = 256;
+
 /// Returns the path without its query, or the reason it is rejected.
 pub fn check_path(raw: &str) -> Result<&str, Reason> {
     let path = raw.split_once('?').map_or(raw, |(p, _)| p);
     if !path.starts_with('/') {
         return Err(Reason::RequestMalformed);
+    }
+    if path.bytes().filter(|&b| b == b'/').count() > MAX_SEGMENTS {
+        return Err(Reason::RequestPathRejected);
     }
     let bytes = path.as_bytes();
     let mut i = 0;
@@ -171,6 +178,7 @@ mod tests {
             "/admin;x=y",
             "/a%zz",
             "/a%2",
+            &"/a".repeat(MAX_SEGMENTS + 1),
         ] {
             assert_eq!(target("GET", "h", path), Err(Reason::RequestPathRejected), "{path}");
         }

@@ -15,7 +15,9 @@ mod rule;
 use std::collections::{HashMap, HashSet};
 
 pub use pattern::{Glob, HostPattern, PathTemplate};
-pub use rule::{ConditionConfig, Effect, Mode, PathConfig, RegistryConfig, Rule, RuleConfig, Timestamp};
+pub use rule::{
+    ConditionConfig, Effect, Mode, PathConfig, RegistryConfig, Route, Rule, RuleConfig, Timestamp,
+};
 
 use crate::decision::{Decision, Reason};
 use crate::request::RequestTarget;

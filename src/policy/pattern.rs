@@ -61,7 +61,24 @@ enum GlobToken {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Glob {
     source: String,
+    shape: Shape,
+    /// Literal text before the first and after the last wildcard: most mismatches stop here.
+    prefix: String,
+    suffix: String,
     tokens: Vec<GlobToken>,
+}
+
+/// The common shapes, matched without running the general matcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Literal,
+    /// `**` alone.
+    Any,
+    /// `prefix**`.
+    PrefixAny,
+    /// `prefix*`.
+    PrefixSegment,
+    General,
 }
 
 impl Glob {
@@ -90,7 +107,24 @@ impl Glob {
                 i += 1;
             }
         }
-        Ok(Glob { source: pattern.to_owned(), tokens })
+        let literal = |t: &GlobToken| match t {
+            GlobToken::Byte(b) => Some(*b),
+            _ => None,
+        };
+        let prefix: Vec<u8> = tokens.iter().map_while(literal).collect();
+        let mut suffix: Vec<u8> = tokens.iter().rev().map_while(literal).collect();
+        suffix.reverse();
+        let wildcards: Vec<&GlobToken> = tokens.iter().filter(|t| !matches!(t, GlobToken::Byte(_))).collect();
+        let shape = match (wildcards.as_slice(), suffix.is_empty()) {
+            ([], _) => Shape::Literal,
+            ([GlobToken::DoubleStar], true) if prefix.is_empty() => Shape::Any,
+            ([GlobToken::DoubleStar], true) => Shape::PrefixAny,
+            ([GlobToken::Star], true) => Shape::PrefixSegment,
+            _ => Shape::General,
+        };
+        let text =
+            |b: Vec<u8>| String::from_utf8(b).map_err(|_| format!("pattern {pattern:?} splits a character"));
+        Ok(Glob { source: pattern.to_owned(), shape, prefix: text(prefix)?, suffix: text(suffix)?, tokens })
     }
 
     /// The pattern as written.
@@ -100,30 +134,79 @@ impl Glob {
 
     /// The literal text before the first wildcard.
     pub fn literal_prefix(&self) -> String {
-        let bytes: Vec<u8> = self
-            .tokens
-            .iter()
-            .map_while(|t| match t {
-                GlobToken::Byte(b) => Some(*b),
-                _ => None,
-            })
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
+        self.prefix.clone()
     }
 
-    /// Whether `text` matches. Runs in O(len(text) x len(pattern)) whatever the input: the set of
-    /// pattern positions reachable after each byte is tracked, with no backtracking.
+    /// Whether `text` matches. Never worse than O(len(text) x len(pattern)), with no allocation
+    /// for patterns of up to 127 tokens; the common shapes cost a prefix comparison.
     pub fn matches(&self, text: &str) -> bool {
-        // Fast path for the common shape: no wildcard at all.
-        if self.tokens.iter().all(|t| matches!(t, GlobToken::Byte(_))) {
-            return self.source == text;
+        match self.shape {
+            Shape::Literal => self.source == text,
+            Shape::Any => true,
+            Shape::PrefixAny => text.starts_with(&self.prefix),
+            Shape::PrefixSegment => {
+                text.strip_prefix(self.prefix.as_str()).is_some_and(|rest| !rest.contains('/'))
+            }
+            Shape::General => {
+                text.len() >= self.prefix.len() + self.suffix.len()
+                    && text.starts_with(&self.prefix)
+                    && text.ends_with(&self.suffix)
+                    && self.run(text.as_bytes())
+            }
         }
+    }
+
+    /// The general matcher: the set of pattern positions reachable after each byte, as a bitset.
+    fn run(&self, text: &[u8]) -> bool {
+        let n = self.tokens.len();
+        if n >= 128 {
+            return self.run_large(text);
+        }
+        let wild: u128 = self
+            .tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !matches!(t, GlobToken::Byte(_)))
+            .fold(0, |m, (i, _)| m | (1u128 << i));
+        // A state on a wildcard also reaches the next position (the wildcard matches nothing).
+        let close = |mut states: u128| {
+            for i in 0..n {
+                if states & (1 << i) != 0 && wild & (1 << i) != 0 {
+                    states |= 1 << (i + 1);
+                }
+            }
+            states
+        };
+        let mut states = close(1);
+        for &c in text {
+            let mut next = 0u128;
+            for (i, token) in self.tokens.iter().enumerate() {
+                if states & (1 << i) == 0 {
+                    continue;
+                }
+                match token {
+                    GlobToken::Byte(b) if *b == c => next |= 1 << (i + 1),
+                    GlobToken::Star if c != b'/' => next |= 1 << i,
+                    GlobToken::DoubleStar => next |= 1 << i,
+                    _ => {}
+                }
+            }
+            if next == 0 {
+                return false;
+            }
+            states = close(next);
+        }
+        states & (1 << n) != 0
+    }
+
+    /// The same matcher for very long patterns.
+    fn run_large(&self, text: &[u8]) -> bool {
         let n = self.tokens.len();
         let mut states = vec![false; n + 1];
         let mut next = vec![false; n + 1];
         set(&mut states, 0);
         close(&self.tokens, &mut states);
-        for &c in text.as_bytes() {
+        for &c in text {
             next.iter_mut().for_each(|s| *s = false);
             let mut any = false;
             for (i, token) in self.tokens.iter().enumerate() {
@@ -179,17 +262,24 @@ pub enum Segment {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathTemplate {
     segments: Vec<Segment>,
+    /// Whether any segment is a `Many` (then matching needs the dynamic program).
+    has_many: bool,
 }
 
 /// Named captures of a matched path: (name, value) in template order.
 pub type Captures<'p> = Vec<(&'p str, &'p str)>;
 
 impl PathTemplate {
+    fn from_segments(segments: Vec<Segment>) -> Self {
+        let has_many = segments.iter().any(|s| matches!(s, Segment::Many(_)));
+        PathTemplate { segments, has_many }
+    }
+
     /// An exact path.
     pub fn exact(path: &str) -> Result<Self, String> {
         check_literal_path(path)?;
         let segments = path.split('/').skip(1).map(|s| Segment::Literal(s.to_owned())).collect();
-        Ok(PathTemplate { segments })
+        Ok(PathTemplate::from_segments(segments))
     }
 
     /// A segment-aware prefix: `/v2/dev` matches `/v2/dev` and `/v2/dev/...`, not `/v2/devil`;
@@ -200,7 +290,7 @@ impl PathTemplate {
             path.trim_end_matches('/').split('/').skip(1).map(|s| Segment::Literal(s.to_owned())).collect();
         // The prefix itself, and anything below it.
         segments.push(Segment::Many(None));
-        Ok(PathTemplate { segments })
+        Ok(PathTemplate::from_segments(segments))
     }
 
     /// A template: literal segments, `{name}` / `*` for one segment, `{name:**}` for one or more,
@@ -244,7 +334,12 @@ impl PathTemplate {
             };
             segments.push(segment);
         }
-        Ok(PathTemplate { segments })
+        Ok(PathTemplate::from_segments(segments))
+    }
+
+    /// The compiled segments, for tools that reason about what a template covers (`meshward check`).
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
     }
 
     /// The literal segments before the first wildcard: the key under which the index files it.
@@ -266,12 +361,96 @@ impl PathTemplate {
     /// Matches a checked request path; returns the named captures.
     pub fn matches<'p>(&'p self, path: &'p str) -> Option<Captures<'p>> {
         let rest = path.strip_prefix('/')?;
-        let mut captures = Vec::new();
-        if match_segments(&self.segments, rest, &mut captures) {
-            Some(captures)
-        } else {
-            None
+        // Without `Many` segments the match is a plain walk over the segments.
+        if !self.has_many {
+            let mut captures = Vec::new();
+            let mut texts = rest.split('/');
+            for seg in &self.segments {
+                let text = texts.next()?;
+                match seg {
+                    Segment::Literal(l) if l == text => {}
+                    Segment::One(name) if !text.is_empty() => {
+                        if let Some(name) = name {
+                            captures.push((name.as_str(), text));
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            return texts.next().is_none().then_some(captures);
         }
+
+        // Segments as byte ranges of `rest`; requests are capped at MAX_SEGMENTS (request.rs).
+        let mut bounds = Vec::with_capacity(16);
+        let mut start = 0;
+        for (at, _) in rest.match_indices('/') {
+            bounds.push((start, at));
+            start = at + 1;
+        }
+        bounds.push((start, rest.len()));
+        let segment = |j: usize| bounds.get(j).and_then(|&(a, b)| rest.get(a..b));
+        let (t, n) = (self.segments.len(), bounds.len());
+
+        // ok[i * (n + 1) + j]: template segments i.. match path segments j.. . Filled backwards,
+        // so matching costs O(template x path segments) whatever the input: no backtracking.
+        let width = n + 1;
+        let mut ok = vec![false; (t + 1) * width];
+        let at = |i: usize, j: usize| i * width + j;
+        if let Some(end) = ok.get_mut(at(t, n)) {
+            *end = true;
+        }
+        for i in (0..t).rev() {
+            for j in (0..=n).rev() {
+                let next = |i2: usize, j2: usize| ok.get(at(i2, j2)).copied().unwrap_or(false);
+                let text = segment(j);
+                let value = match self.segments.get(i) {
+                    Some(Segment::Literal(l)) => text.is_some_and(|s| s == l) && next(i + 1, j + 1),
+                    Some(Segment::One(_)) => text.is_some_and(|s| !s.is_empty()) && next(i + 1, j + 1),
+                    // Zero or more segments.
+                    Some(Segment::Many(None)) => next(i + 1, j) || (text.is_some() && next(i, j + 1)),
+                    // One or more non-empty segments: take this one, then stop or go on.
+                    Some(Segment::Many(Some(_))) => {
+                        text.is_some_and(|s| !s.is_empty()) && (next(i + 1, j + 1) || next(i, j + 1))
+                    }
+                    None => false,
+                };
+                if let Some(cell) = ok.get_mut(at(i, j)) {
+                    *cell = value;
+                }
+            }
+        }
+        let reach = |i: usize, j: usize| ok.get(at(i, j)).copied().unwrap_or(false);
+        if !reach(0, 0) {
+            return None;
+        }
+        // Walk forward along a match, each `Many` taking the fewest segments that still lead to one.
+        let mut captures = Vec::new();
+        let mut j = 0;
+        for (i, seg) in self.segments.iter().enumerate() {
+            match seg {
+                Segment::Literal(_) => j += 1,
+                Segment::One(name) => {
+                    if let (Some(name), Some(text)) = (name, segment(j)) {
+                        captures.push((name.as_str(), text));
+                    }
+                    j += 1;
+                }
+                Segment::Many(name) => {
+                    let min = if name.is_some() { j + 1 } else { j };
+                    let end = (min..=n).find(|&k| {
+                        reach(i + 1, k)
+                            && (name.is_none() || (j..k).all(|m| segment(m).is_some_and(|s| !s.is_empty())))
+                    })?;
+                    if let Some(name) = name {
+                        let (from, _) = *bounds.get(j)?;
+                        let (_, to) = *bounds.get(end.checked_sub(1)?)?;
+                        captures.push((name.as_str(), rest.get(from..to)?));
+                    }
+                    j = end;
+                }
+            }
+        }
+        Some(captures)
     }
 }
 
@@ -282,82 +461,6 @@ fn check_literal_path(path: &str) -> Result<(), String> {
     match crate::request::check_path(path) {
         Ok(checked) if checked == path => Ok(()),
         _ => Err(format!("path {path:?} can never match: requests like it are rejected")),
-    }
-}
-
-/// Matches `segments` against `rest` (the path after a `/`), pushing captures; backtracks only
-/// over `Many` segments, whose count per template is small and fixed by configuration.
-fn match_segments<'p>(segments: &'p [Segment], rest: &'p str, captures: &mut Captures<'p>) -> bool {
-    let Some((first, tail)) = segments.split_first() else {
-        return false;
-    };
-    let (head, after) = match rest.split_once('/') {
-        Some((h, a)) => (h, Some(a)),
-        None => (rest, None),
-    };
-    match first {
-        Segment::Literal(l) => {
-            l == head
-                && match (tail.is_empty(), after) {
-                    (true, None) => true,
-                    (true, Some(_)) => false,
-                    (false, Some(a)) => match_segments(tail, a, captures),
-                    (false, None) => tail.iter().all(|s| matches!(s, Segment::Many(None))),
-                }
-        }
-        Segment::One(name) => {
-            if head.is_empty() {
-                return false;
-            }
-            let mark = captures.len();
-            if let Some(n) = name {
-                captures.push((n.as_str(), head));
-            }
-            let ok = match (tail.is_empty(), after) {
-                (true, None) => true,
-                (true, Some(_)) => false,
-                (false, Some(a)) => match_segments(tail, a, captures),
-                (false, None) => tail.iter().all(|s| matches!(s, Segment::Many(None))),
-            };
-            if !ok {
-                captures.truncate(mark);
-            }
-            ok
-        }
-        Segment::Many(name) => {
-            // Try every split point: the Many takes rest[..end], the tail matches the remainder.
-            let named = name.is_some();
-            if tail.is_empty() {
-                if named && (rest.is_empty() || rest.split('/').any(str::is_empty)) {
-                    return false;
-                }
-                if let Some(n) = name {
-                    captures.push((n.as_str(), rest));
-                }
-                return true;
-            }
-            // Zero segments (anonymous only): the tail matches `rest` itself.
-            if !named && match_segments(tail, rest, captures) {
-                return true;
-            }
-            for (end, _) in rest.match_indices('/') {
-                let (Some(taken), Some(remainder)) = (rest.get(..end), rest.get(end + 1..)) else {
-                    continue;
-                };
-                if named && taken.split('/').any(str::is_empty) {
-                    continue;
-                }
-                let mark = captures.len();
-                if let Some(n) = name {
-                    captures.push((n.as_str(), taken));
-                }
-                if match_segments(tail, remainder, captures) {
-                    return true;
-                }
-                captures.truncate(mark);
-            }
-            false
-        }
     }
 }
 
@@ -386,6 +489,29 @@ mod tests {
     fn globs_stay_linear_on_hostile_input() {
         let g = Glob::new("*a*a*a*a*a*a*a*a*b").unwrap();
         assert!(!g.matches(&"a".repeat(8000)));
+        let long = Glob::new(&format!("{}*x", "a*".repeat(100))).unwrap();
+        assert!(long.matches(&format!("{}x", "a".repeat(100))));
+        assert!(!long.matches(&"a".repeat(3000)));
+    }
+
+    #[test]
+    fn glob_shapes_agree_with_the_general_matcher() {
+        for (pattern, text, expect) in [
+            ("spiffe://d/ns/ci/**", "spiffe://d/ns/ci/sa/x", true),
+            ("spiffe://d/ns/ci/**", "spiffe://d/ns/cd/sa/x", false),
+            ("spiffe://d/ns/ci/*", "spiffe://d/ns/ci/x", true),
+            ("spiffe://d/ns/ci/*", "spiffe://d/ns/ci/x/y", false),
+            ("**", "", true),
+            ("*", "a/b", false),
+            ("a*b", "ab", true),
+            ("a*b", "a/b", false),
+            ("a**b", "a/b", true),
+            ("*.example.com", "x.example.com", true),
+        ] {
+            let g = Glob::new(pattern).unwrap();
+            assert_eq!(g.matches(text), expect, "{pattern} ~ {text}");
+            assert_eq!(g.run(text.as_bytes()), expect, "general matcher: {pattern} ~ {text}");
+        }
     }
 
     #[test]
@@ -426,6 +552,18 @@ mod tests {
         assert!(PathTemplate::exact("/a/../b").is_err());
         assert!(PathTemplate::exact("no-slash").is_err());
         assert!(PathTemplate::exact("/ok?q").is_err());
+    }
+
+    #[test]
+    fn templates_stay_fast_on_hostile_paths() {
+        let anonymous = PathTemplate::template("/**/**/**/**/**/**/**/**/z").unwrap();
+        let path = "/a".repeat(250);
+        assert!(anonymous.matches(&path).is_none());
+        assert!(anonymous.matches(&format!("{path}/z")).is_some());
+        let named = PathTemplate::template("/v2/{repo:**}/manifests/{ref}").unwrap();
+        let deep = format!("/v2{}/manifests/1", "/a".repeat(250));
+        assert_eq!(named.matches(&deep).map(|c| c[0].1.len()), Some(499));
+        assert!(named.matches(&format!("/v2{}", "/a".repeat(250))).is_none());
     }
 
     #[test]

@@ -355,6 +355,19 @@ impl Test {
         }
     }
 
+    /// Like [`Test::holds`] for a text value (a header or a capture), without building a JSON value
+    /// for the common tests.
+    fn holds_text(&self, value: Option<&str>, token: Option<&VerifiedToken>, peer: Option<&str>) -> bool {
+        match (self, value) {
+            (Test::Exists(want), v) => v.is_some() == *want,
+            (_, None) => false,
+            (Test::Equals(Value::String(want)), Some(s)) => want == s,
+            (Test::Glob(g), Some(s)) => g.matches(s),
+            (Test::OneOf(list), Some(s)) => list.iter().any(|v| v.as_str() == Some(s)),
+            (_, Some(s)) => self.holds(Some(&Value::from(s)), token, peer),
+        }
+    }
+
     fn holds(&self, value: Option<&Value>, token: Option<&VerifiedToken>, peer: Option<&str>) -> bool {
         match (self, value) {
             (Test::Exists(want), v) => v.is_some() == *want,
@@ -601,11 +614,13 @@ impl Rule {
         })
     }
 
-    pub(super) fn hosts(&self) -> &[HostPattern] {
+    /// The host patterns the rule covers.
+    pub fn hosts(&self) -> &[HostPattern] {
         &self.hosts
     }
 
-    pub(super) fn routes(&self) -> &[Route] {
+    /// The (methods, path) routes the rule covers; a registry rule's are its actions' routes.
+    pub fn routes(&self) -> &[Route] {
         &self.routes
     }
 
@@ -625,114 +640,172 @@ impl Rule {
 
     /// Whether the rule matches, trying every route; the first reason it does not, otherwise.
     pub fn check(&self, input: &PolicyInput<'_>) -> Result<(), String> {
-        // Report the route that got furthest: past method and path, its reason is the telling one.
-        let mut best: Option<(u8, String)> = None;
+        // Report the route that got furthest: past host, method and path, its reason tells most.
+        let mut best: Option<Miss> = None;
         for route in 0..self.routes.len() {
             match self.check_route(route, input) {
                 Ok(()) => return Ok(()),
-                Err(why) => {
-                    let depth = if why.starts_with("host ") {
-                        0
-                    } else if why.starts_with("method ") {
-                        1
-                    } else if why.starts_with("path ") {
-                        2
-                    } else {
-                        3
-                    };
-                    if best.as_ref().is_none_or(|(d, _)| depth > *d) {
-                        best = Some((depth, why));
+                Err(miss) => {
+                    if best.is_none_or(|b| miss.depth() > b.depth()) {
+                        best = Some(miss);
                     }
                 }
             }
         }
-        Err(best.map_or_else(|| "no route".to_string(), |(_, why)| why))
+        Err(best.map_or_else(|| "no route".to_string(), |miss| self.describe(miss, input)))
     }
 
-    /// Whether the rule matches through one route.
-    pub(super) fn check_route(&self, route: usize, input: &PolicyInput<'_>) -> Result<(), String> {
-        let route = self.routes.get(route).ok_or("no such route")?;
+    /// Whether the rule matches through one route. On the request path: no allocation, the
+    /// reason is a small value that `explain` turns into text.
+    pub(super) fn check_route(&self, route: usize, input: &PolicyInput<'_>) -> Result<(), Miss> {
+        let route = self.routes.get(route).ok_or(Miss::Route)?;
         let target = input.target;
         // The index filed the rule by host name; the port (if the pattern has one) is checked here.
         if !self.hosts.iter().any(|h| h.matches(&target.host, target.port)) {
-            return Err(format!("host {:?} is not covered", target.host));
+            return Err(Miss::Host);
         }
         if let Some(methods) = &route.methods {
             if !methods.contains(&target.method) {
-                return Err(format!("method {} is not covered", target.method));
+                return Err(Miss::Method);
             }
         }
-        let captures =
-            route.path.matches(&target.path).ok_or_else(|| format!("path {} is not covered", target.path))?;
+        let captures = route.path.matches(&target.path).ok_or(Miss::Path)?;
         if !self.repositories.is_empty() {
             let repo = capture(&captures, "repo").unwrap_or_default();
             if !self.repositories.iter().any(|g| g.matches(repo)) {
-                return Err(format!("repository {repo:?} is not covered"));
+                return Err(Miss::Repository);
             }
         }
-        if let Some(nb) = self.not_before {
-            if input.now < nb {
-                return Err("not active yet (not_before)".into());
-            }
+        if self.not_before.is_some_and(|nb| input.now < nb) {
+            return Err(Miss::NotYetActive);
         }
-        if let Some(exp) = self.expires_at {
-            if input.now > exp {
-                return Err("expired (expires_at)".into());
-            }
+        if self.expires_at.is_some_and(|exp| input.now > exp) {
+            return Err(Miss::Expired);
         }
-        for (name, test) in &self.headers {
-            let value = input.headers.iter().find(|(h, _)| h == name).map(|(_, v)| Value::from(*v));
-            if !test.holds(value.as_ref(), input.token, input.peer) {
-                return Err(format!("header {name} does not satisfy its condition"));
+        for (n, (name, test)) in self.headers.iter().enumerate() {
+            let value = input.headers.iter().find(|(h, _)| h == name).map(|(_, v)| *v);
+            if !test.holds_text(value, input.token, input.peer) {
+                return Err(Miss::Header(n));
             }
         }
         if !self.peers.is_empty() {
-            let peer = input.peer.ok_or("no mTLS peer identity")?;
+            let peer = input.peer.ok_or(Miss::NoPeer)?;
             if !self.peers.iter().any(|g| g.matches(peer)) {
-                return Err(format!("peer {peer:?} is not covered"));
+                return Err(Miss::Peer);
             }
         }
         if self.needs_token {
-            let token = input.token.ok_or("no verified token")?;
+            let token = input.token.ok_or(Miss::NoToken)?;
             self.check_token(token, input.now)?;
         }
-        for (name, test) in &self.captures {
-            let value = capture(&captures, name).map(Value::from);
-            if !test.holds(value.as_ref(), input.token, input.peer) {
-                return Err(format!("capture {name} does not satisfy its condition"));
+        for (n, (name, test)) in self.captures.iter().enumerate() {
+            if !test.holds_text(capture(&captures, name), input.token, input.peer) {
+                return Err(Miss::Capture(n));
             }
         }
         Ok(())
     }
 
-    fn check_token(&self, token: &VerifiedToken, now: u64) -> Result<(), String> {
+    fn check_token(&self, token: &VerifiedToken, now: u64) -> Result<(), Miss> {
         if !self.issuers.is_empty() && !self.issuers.contains(&token.issuer_name) {
-            return Err(format!("issuer {} is not covered", token.issuer_name));
+            return Err(Miss::Issuer);
         }
         if !self.profiles.is_empty() && !self.profiles.iter().any(|p| p == token.profile) {
-            return Err(format!("profile {} is not covered", token.profile));
+            return Err(Miss::Profile);
         }
         if !self.subjects.is_empty() && !self.subjects.iter().any(|g| g.matches(&token.subject)) {
-            return Err(format!("subject {:?} is not covered", token.subject));
+            return Err(Miss::Subject);
         }
-        for (claim, test) in &self.claims {
-            if !test.holds(token.claim(claim).as_ref(), Some(token), None) {
-                return Err(format!("claim {claim} does not satisfy its condition"));
+        for (n, (claim, test)) in self.claims.iter().enumerate() {
+            if !test.holds(token.claim_ref(claim).as_deref(), Some(token), None) {
+                return Err(Miss::Claim(n));
             }
         }
-        if !self.scopes.is_empty() {
-            let granted = token.scopes();
-            if let Some(missing) = self.scopes.iter().find(|s| !granted.contains(&s.as_str())) {
-                return Err(format!("scope {missing:?} is missing"));
-            }
+        if let Some(n) = self.scopes.iter().position(|s| !token.has_scope(s)) {
+            return Err(Miss::Scope(n));
         }
         if let Some(max_age) = self.max_token_age {
-            let iat = token.issued_at.ok_or("token has no iat, needed for max_token_age_seconds")?;
+            let iat = token.issued_at.ok_or(Miss::TokenAge)?;
             if now.saturating_sub(iat) > max_age {
-                return Err(format!("token is older than {max_age} s"));
+                return Err(Miss::TokenAge);
             }
         }
         Ok(())
+    }
+
+    /// The reason a rule did not match, in words.
+    fn describe(&self, miss: Miss, input: &PolicyInput<'_>) -> String {
+        let target = input.target;
+        let token = input.token;
+        match miss {
+            Miss::Route => "no route".into(),
+            Miss::Host => format!("host {:?} is not covered", target.host),
+            Miss::Method => format!("method {} is not covered", target.method),
+            Miss::Path => format!("path {} is not covered", target.path),
+            Miss::Repository => "repository is not covered".into(),
+            Miss::NotYetActive => "not active yet (not_before)".into(),
+            Miss::Expired => "expired (expires_at)".into(),
+            Miss::Header(n) => {
+                format!("header {} does not satisfy its condition", self.headers.get(n).map_or("?", |h| &h.0))
+            }
+            Miss::NoPeer => "no mTLS peer identity".into(),
+            Miss::Peer => format!("peer {:?} is not covered", input.peer.unwrap_or_default()),
+            Miss::NoToken => "no verified token".into(),
+            Miss::Issuer => format!("issuer {} is not covered", token.map_or("?", |t| &t.issuer_name)),
+            Miss::Profile => format!("profile {} is not covered", token.map_or("?", |t| t.profile)),
+            Miss::Subject => format!("subject {:?} is not covered", token.map_or("?", |t| &t.subject)),
+            Miss::Claim(n) => {
+                format!("claim {} does not satisfy its condition", self.claims.get(n).map_or("?", |c| &c.0))
+            }
+            Miss::Scope(n) => {
+                format!("scope {:?} is missing", self.scopes.get(n).map_or("?", |s| s.as_str()))
+            }
+            Miss::TokenAge => match self.max_token_age {
+                Some(max) => format!("token is older than {max} s (or has no iat)"),
+                None => "token age".into(),
+            },
+            Miss::Capture(n) => {
+                format!(
+                    "capture {} does not satisfy its condition",
+                    self.captures.get(n).map_or("?", |c| &c.0)
+                )
+            }
+        }
+    }
+}
+
+/// Why a rule did not match a request: cheap to return on the request path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Miss {
+    Route,
+    Host,
+    Method,
+    Path,
+    Repository,
+    NotYetActive,
+    Expired,
+    Header(usize),
+    NoPeer,
+    Peer,
+    NoToken,
+    Issuer,
+    Profile,
+    Subject,
+    Claim(usize),
+    Scope(usize),
+    TokenAge,
+    Capture(usize),
+}
+
+impl Miss {
+    /// How far into the rule the request got (to report the most telling route in `explain`).
+    fn depth(self) -> u8 {
+        match self {
+            Miss::Route | Miss::Host => 0,
+            Miss::Method => 1,
+            Miss::Path => 2,
+            _ => 3,
+        }
     }
 }
 
@@ -741,6 +814,16 @@ fn capture<'p>(captures: &Captures<'p>, name: &str) -> Option<&'p str> {
 }
 
 impl VerifiedToken {
+    /// Whether the token carries this scope (in `scope` or `scp`).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        match (self.claims.get("scope"), self.claims.get("scp")) {
+            (Some(Value::String(s)), _) => s.split(' ').any(|g| g == scope),
+            (_, Some(Value::Array(items))) => items.iter().any(|v| v.as_str() == Some(scope)),
+            (_, Some(Value::String(s))) => s.split(' ').any(|g| g == scope),
+            _ => false,
+        }
+    }
+
     /// The token's scopes: the space-separated `scope` claim (RFC 8693 / 9068) or the `scp` array.
     pub fn scopes(&self) -> Vec<&str> {
         match (self.claims.get("scope"), self.claims.get("scp")) {

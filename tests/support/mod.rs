@@ -174,7 +174,9 @@ impl Envoy {
         self.log()
             .lines()
             .filter(|line| line.contains("][wasm]"))
-            .filter_map(|line| line.find(&marker).map(|at| &line[at..]))
+            // The last occurrence: a partly flushed access-log line (which repeats the record) can
+            // end up in front of a wasm log line in the shared file.
+            .filter_map(|line| line.rfind(&marker).map(|at| &line[at..]))
             .map(|json| serde_json::from_str(json).expect("audit line is JSON"))
             .collect()
     }
@@ -254,4 +256,22 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> st
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     Ok(Response { status, headers, body: body.to_string() })
+}
+
+impl Envoy {
+    /// Envoy's process id (tests that change configuration show it is the same process after).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the Envoy process is still running (it has not exited or been killed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The value of one counter or gauge from the admin `/stats` text (`name: value`), if present.
+    pub fn stat(&self, name: &str) -> Option<String> {
+        let prefix = format!("{name}: ");
+        self.admin("/stats").lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
 }
