@@ -156,3 +156,94 @@ fn registry_bundle_time_bound_partner_and_break_glass() {
     let d = request("/v2/prod/web/manifests/sha256:ab", &oncall);
     assert_eq!((d.reason, d.rule_label()), (Reason::PolicyDenied, "prod-is-immutable"));
 }
+
+/// Tokens for the payments example: workload JWT-SVIDs and human access tokens, all signed with the
+/// public demo key the example trusts.
+fn payments_token(issuer: &str, sub: &str, claims: serde_json::Value, typ: Option<&str>, age: u64) -> String {
+    let mut spec = TokenSpec::new(issuer, sub, "payments.example.internal", NOW - age, age + 300);
+    spec.claims = claims.as_object().unwrap().clone();
+    spec.typ = typ.map(String::from);
+    spec.token_id = Some(format!("jti-{sub}-{age}"));
+    format!("Bearer {}", SigningKey::demo("demo-2026-1").sign(&spec).unwrap())
+}
+
+#[test]
+fn payments_bundle_separates_services_from_humans() {
+    let engine = load("policies/payments-api.json");
+    let decide = |method: &str, path: &str, auth: Option<&str>, peer: Option<&str>| {
+        let request = HttpRequest {
+            method: Some(method),
+            authority: Some("payments.example.internal"),
+            path: Some(path),
+            authorization: auth.into_iter().collect(),
+            peer,
+            ..Default::default()
+        };
+        let outcome = engine.authorize(&request, NOW);
+        (outcome.decision.reason, outcome.decision.rule_label().to_string(), outcome.dry_run)
+    };
+    let svid = |sub: &str| payments_token("https://spire.example.internal", sub, json!({}), None, 0);
+    let human = |claims: serde_json::Value, age: u64| {
+        let mut claims = claims;
+        claims["client_id"] = json!("support-console");
+        payments_token("https://sso.example.internal", "ann@example.com", claims, Some("at+jwt"), age)
+    };
+    let checkout = svid("spiffe://example.internal/ns/shop/sa/checkout");
+    let cart = svid("spiffe://example.internal/ns/shop/sa/cart");
+    let outsider = svid("spiffe://example.internal/ns/ads/sa/tracker");
+
+    let rule = |d: (Reason, String, Option<meshward::Decision>)| (d.0, d.1);
+    assert_eq!(rule(decide("GET", "/v1/orders/42", Some(&cart), None)), allowed("shop-reads-orders"));
+    assert_eq!(rule(decide("GET", "/v1/orders", Some(&cart), None)), allowed("shop-reads-orders"));
+    assert_eq!(rule(decide("GET", "/v1/orders/42", Some(&outsider), None)), no_rule());
+    assert_eq!(
+        rule(decide("POST", "/v1/payments", Some(&checkout), None)),
+        allowed("checkout-creates-payments")
+    );
+    assert_eq!(
+        rule(decide("POST", "/v1/payments", Some(&cart), None)),
+        no_rule(),
+        "method-level: only checkout creates"
+    );
+    assert_eq!(rule(decide("DELETE", "/v1/orders/42", Some(&cart), None)), no_rule());
+
+    // Humans: refunds need the scope and the group; admin needs MFA and a fresh login.
+    let support = human(json!({"groups": ["payments-support"], "scope": "refunds:write"}), 0);
+    let no_scope = human(json!({"groups": ["payments-support"], "scope": "orders:read"}), 0);
+    assert_eq!(
+        rule(decide("POST", "/v1/payments/p-7/refunds", Some(&support), None)),
+        allowed("support-refunds")
+    );
+    assert_eq!(rule(decide("POST", "/v1/payments/p-7/refunds", Some(&no_scope), None)), no_rule());
+    let admin = human(json!({"groups": ["payments-admins"], "amr": ["pwd", "mfa"]}), 60);
+    let admin_no_mfa = human(json!({"groups": ["payments-admins"], "amr": ["pwd"]}), 60);
+    let admin_stale = human(json!({"groups": ["payments-admins"], "amr": ["pwd", "mfa"]}), 1200);
+    assert_eq!(rule(decide("PATCH", "/admin/limits", Some(&admin), None)), allowed("admins-with-mfa"));
+    assert_eq!(rule(decide("PATCH", "/admin/limits", Some(&admin_no_mfa), None)), no_rule());
+    assert_eq!(rule(decide("PATCH", "/admin/limits", Some(&admin_stale), None)), no_rule());
+    // Workloads never reach the admin API, whatever else would allow it.
+    assert_eq!(
+        rule(decide("GET", "/admin/limits", Some(&checkout), None)),
+        (Reason::PolicyDenied, "services-never-admin".into())
+    );
+
+    // A human token is refused as a workload identity, and the other way round.
+    let svid_as_human =
+        payments_token("https://sso.example.internal", "ann", json!({"client_id": "x"}), None, 0);
+    assert_eq!(decide("GET", "/v1/orders", Some(&svid_as_human), None).0, Reason::TokenTypeInvalid);
+    let bad_svid = svid("spiffe://elsewhere.internal/ns/shop/sa/cart");
+    assert_eq!(decide("GET", "/v1/orders", Some(&bad_svid), None).0, Reason::TokenSubjectInvalid);
+
+    // mTLS-only health checks from the monitoring namespace.
+    let prom = Some("spiffe://example.internal/ns/monitoring/sa/prometheus");
+    assert_eq!(rule(decide("GET", "/healthz", None, prom)), allowed("mesh-health"));
+    assert_eq!(
+        decide("GET", "/healthz", None, Some("spiffe://example.internal/ns/shop/sa/cart")).0,
+        Reason::TokenMissing
+    );
+
+    // The v2 preview rule is dry-run: reported, not enforced.
+    let (reason, _, shadow) = decide("GET", "/v2/orders/42", Some(&cart), None);
+    assert_eq!(reason, Reason::PolicyNoMatch);
+    assert_eq!(shadow.map(|d| d.rule_label().to_string()), Some("orders-v2-preview".into()));
+}

@@ -241,8 +241,30 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> st
     }
     request.push_str("Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes())?;
+    // Read the head, then exactly Content-Length bytes (waiting for Envoy to close the connection
+    // would add its delayed-close timeout to every request).
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        raw.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+            match length {
+                Some(length) if raw.len() >= end + 4 + length => break,
+                None if n == 0 => break,
+                Some(_) if n == 0 => break,
+                _ => {}
+            }
+        } else if n == 0 {
+            break;
+        }
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
