@@ -144,18 +144,33 @@ fn remote_keys_discovery_rotation_failures_staleness_and_recovery() {
 
     // 1. The key server is down at start: a request waits for the first keys, and is answered
     //    once they arrive.
+    //    Many requests wait on the one fetch, and one client gives up (resets) while waiting.
     let port = envoy.listen_port;
-    let waiting_token = t1.clone();
-    let waiter = std::thread::spawn(move || {
-        let started = Instant::now();
-        let r = support::http(port, "GET", "/x", &[("Authorization", waiting_token.as_str())]).unwrap();
-        (r.status, started.elapsed())
-    });
-    std::thread::sleep(Duration::from_millis(1500));
+    let waiters: Vec<_> = (0..5)
+        .map(|_| {
+            let waiting_token = t1.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let r =
+                    support::http(port, "GET", "/x", &[("Authorization", waiting_token.as_str())]).unwrap();
+                (r.status, started.elapsed())
+            })
+        })
+        .collect();
+    {
+        let mut quitter = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let request = format!("GET /x HTTP/1.1\r\nHost: h\r\nAuthorization: {t1}\r\n\r\n");
+        quitter.write_all(request.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // Dropped here: the stream is reset while it waits for keys.
+    }
+    std::thread::sleep(Duration::from_millis(1200));
     server.set(Mode::Keys(set1.clone()));
-    let (status, waited) = waiter.join().unwrap();
-    assert_eq!(status, 200, "the parked request is decided when keys arrive\n{}", envoy.log());
-    assert!(waited >= Duration::from_millis(1000), "it did wait: {waited:?}");
+    for waiter in waiters {
+        let (status, waited) = waiter.join().unwrap();
+        assert_eq!(status, 200, "each parked request is decided when keys arrive\n{}", envoy.log());
+        assert!(waited >= Duration::from_millis(1000), "it did wait: {waited:?}");
+    }
     assert_eq!(get(&t1).status, 200);
 
     // 2. Rotation: a token with a new kid is refused once, triggers a refetch, then verifies.
