@@ -347,7 +347,7 @@ fn awkward_token() -> String {
         let payload = payload_set("x", json!(format!("???>>>{n}")));
         let token = raw(&header, &payload);
         let (h, p, s) = parts(&token);
-        let awkward = |seg: &str| seg.len() % 4 != 0 && seg.contains(['-', '_']);
+        let awkward = |seg: &str| !seg.len().is_multiple_of(4) && seg.contains(['-', '_']);
         if awkward(&h) && awkward(&p) && awkward(&s) {
             accepted(&token);
             return token;
