@@ -1,16 +1,19 @@
-//! `meshward`: check policy bundles, render Envoy configuration, and mint development keys and tokens.
+//! `meshward`: the clap front end of the CLI. Check and lint bundles, replay recorded traffic,
+//! explain one decision, diff two bundles over recordings, show the effective access, render Envoy
+//! configuration, and mint development keys, tokens and test corpora. The work is in
+//! `meshward::cli`, on the same core as the plugin.
 //!
-//! Exit codes: 0 success, 1 a check failed, 2 bad usage or unreadable input.
+//! Exit codes: 0 success, 1 a check or expectation failed, 2 bad usage or unreadable input.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use meshward::cli::{self, access, bundle, check, corpus, diff, explain, replay};
 use meshward::dev::{jwks, SigningKey, TokenSpec};
 use meshward::render::{envoy_bootstrap, EnvoyOptions};
 use meshward::token::Algorithm;
-use meshward::BundleConfig;
 
 #[derive(Parser)]
 #[command(
@@ -25,21 +28,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate policy bundles: schema, references, keys, and that they compile.
-    Check {
-        /// Bundle files (JSON).
-        #[arg(required = true)]
-        bundles: Vec<PathBuf>,
-    },
+    /// Validate bundles (schema, references, keys, compiles) and lint them.
+    Check(check::CheckArgs),
+    /// Replay recorded requests (request records or the plugin's audit records) against a bundle.
+    Replay(replay::ReplayArgs),
+    /// Explain one request's decision: every rule considered, and why it matched or not.
+    Explain(explain::ExplainArgs),
+    /// Replay recordings under two bundles and list every request whose decision or rule changes.
+    Diff(diff::DiffArgs),
+    /// Show the effective access: what each identity can reach, and until when.
+    Access(access::AccessArgs),
     /// Render deployable configuration from a bundle.
     Render {
         #[command(subcommand)]
         target: RenderTarget,
     },
+    /// Print the bundle's JSON Schema (for editors; policies/meshward.schema.json).
+    Schema,
     /// Development helpers (NOT FOR PRODUCTION): keys, JWKS and test tokens.
     Dev {
         #[command(subcommand)]
         command: DevCommand,
+    },
+    /// Package the module as an OCI image layout for Istio's WasmPlugin (one tar+gzip layer
+    /// holding plugin.wasm); prints the manifest digest to pin.
+    Image {
+        /// The module (`make wasm` builds it).
+        #[arg(long, default_value = "target/wasm32-wasip1/release/meshward.wasm")]
+        wasm: PathBuf,
+        /// The layout directory to write (replaced if it already holds an image layout).
+        #[arg(long)]
+        out: PathBuf,
+        /// The tag, as in `skopeo copy oci:DIR:TAG ...`.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
     },
 }
 
@@ -47,7 +69,7 @@ enum Command {
 enum RenderTarget {
     /// A complete Envoy bootstrap (meshward in front of a demo backend) on stdout.
     Envoy {
-        /// The bundle to embed.
+        /// The bundle to embed (JSON; YAML when named .yaml or .yml, converted to JSON).
         bundle: PathBuf,
         #[arg(long, default_value_t = 8080)]
         listen_port: u16,
@@ -58,6 +80,32 @@ enum RenderTarget {
         /// Path of meshward.wasm as Envoy sees it.
         #[arg(long, default_value = "target/wasm32-wasip1/release/meshward.wasm")]
         wasm: String,
+    },
+    /// An Istio WasmPlugin (extensions.istio.io/v1alpha1) carrying the bundle, on stdout.
+    Istio {
+        /// The bundle to deploy.
+        bundle: PathBuf,
+        /// The image repository, without tag or digest: REGISTRY[:PORT]/REPOSITORY.
+        #[arg(long)]
+        image: String,
+        /// The image's manifest digest (sha256:...), as `meshward image` prints it.
+        #[arg(long)]
+        digest: String,
+        /// The WasmPlugin's namespace; the root namespace (default) without --selector is mesh-wide.
+        #[arg(long, default_value = meshward::istio::ROOT_NAMESPACE)]
+        namespace: String,
+        /// Limit to workloads with this label (LABEL=VALUE; repeatable).
+        #[arg(long = "selector", value_name = "LABEL=VALUE")]
+        selectors: Vec<String>,
+        /// The WasmPlugin's name.
+        #[arg(long, default_value = meshward::istio::DEFAULT_NAME)]
+        name: String,
+        /// A Kubernetes secret (in the same namespace) to pull the image with.
+        #[arg(long)]
+        pull_secret: Option<String>,
+        /// Deploy in dry-run mode: decisions are audited, no request is denied.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -73,6 +121,8 @@ enum KeyAlg {
 
 #[derive(Subcommand)]
 enum DevCommand {
+    /// Turn test cases into request records with freshly minted tokens (JSON lines on stdout).
+    Corpus(corpus::CorpusArgs),
     /// Generate a signing key (private; written as a JSON key file).
     Keygen {
         #[arg(long, value_enum, default_value = "ES256")]
@@ -125,6 +175,18 @@ enum DevCommand {
 /// A failure with its exit code.
 struct Failure(u8, String);
 
+impl From<cli::Failure> for Failure {
+    fn from(f: cli::Failure) -> Self {
+        Failure(f.code, f.message)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        cli::Failure::from(e).into()
+    }
+}
+
 fn unreadable(path: &Path, e: impl std::fmt::Display) -> Failure {
     Failure(2, format!("cannot read {}: {e}", path.display()))
 }
@@ -134,89 +196,109 @@ fn read(path: &Path) -> Result<String, Failure> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = run(Cli::parse(), &mut out);
+    let result = result.and_then(|()| out.flush().map_err(Failure::from));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, message)) => {
-            eprintln!("meshward: {message}");
+            // Output already written stays visible before the error.
+            let _ = out.flush();
+            // An empty message: the reader of our output went away (a closed pipe).
+            if !message.is_empty() {
+                eprintln!("meshward: {message}");
+            }
             ExitCode::from(code)
         }
     }
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
+fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
     match cli.command {
-        Command::Check { bundles } => check(&bundles),
+        Command::Check(args) => Ok(check::run(&args, out)?),
+        Command::Replay(args) => Ok(replay::run(&args, out)?),
+        Command::Explain(args) => Ok(explain::run(&args, out)?),
+        Command::Diff(args) => Ok(diff::run(&args, out)?),
+        Command::Access(args) => Ok(access::run(&args, out)?),
         Command::Render {
             target: RenderTarget::Envoy { bundle, listen_port, backend_port, admin_port, wasm },
         } => {
-            let text = read(&bundle)?;
-            BundleConfig::from_json(text.as_bytes())
-                .and_then(BundleConfig::compile)
-                .map_err(|e| Failure(1, format!("{}: {e}", bundle.display())))?;
+            let json = bundle::plugin_json(&bundle)?;
+            // Valid syntax is not enough: the bundle must compile, as the plugin would refuse it.
+            bundle::Bundle::load(&bundle).map_err(|e| Failure(1, e.message))?;
             let options =
-                EnvoyOptions { listen_port, backend_port, admin_port, wasm_path: wasm, clusters: Vec::new() };
-            print!("{}", envoy_bootstrap(&text, &options));
+                EnvoyOptions { listen_port, backend_port, admin_port, wasm_path: wasm, ..Default::default() };
+            write!(out, "{}", envoy_bootstrap(&json, &options))?;
             Ok(())
         }
-        Command::Dev { command } => dev(command),
-    }
-}
-
-fn check(bundles: &[PathBuf]) -> Result<(), Failure> {
-    let mut failed = 0;
-    for path in bundles {
-        let text = read(path)?;
-        match BundleConfig::from_json(text.as_bytes()).and_then(BundleConfig::compile) {
-            Ok((engine, warnings)) => {
-                println!(
-                    "ok: {}: bundle {:?} version {:?}: {} issuers, {} rules",
-                    path.display(),
-                    engine.name,
-                    engine.version,
-                    engine.issuers().iter().count(),
-                    engine.policy().rules().len()
-                );
-                for w in warnings {
-                    println!("warning: {}: {w}", path.display());
-                }
+        Command::Dev { command } => dev(command, out),
+        Command::Schema => {
+            write!(out, "{}", meshward::config::json_schema())?;
+            Ok(())
+        }
+        Command::Render {
+            target:
+                RenderTarget::Istio { bundle, image, digest, namespace, selectors, name, pull_secret, dry_run },
+        } => {
+            let json = bundle::plugin_json(&bundle)?;
+            bundle::Bundle::load(&bundle).map_err(|e| Failure(1, e.message))?;
+            let mut selector = Vec::new();
+            for s in selectors {
+                let (label, value) = s.split_once('=').ok_or_else(|| {
+                    Failure(2, meshward::istio::IstioError::Selector(s.clone()).to_string())
+                })?;
+                selector.push((label.to_owned(), value.to_owned()));
             }
-            Err(e) => {
-                println!("error: {}: {e}", path.display());
-                failed += 1;
-            }
+            let options = meshward::istio::WasmPluginOptions {
+                bundle_path: bundle.display().to_string(),
+                name,
+                namespace,
+                selector,
+                image,
+                digest,
+                dry_run,
+                pull_secret,
+            };
+            let manifest =
+                meshward::istio::wasm_plugin(&json, &options).map_err(|e| Failure(2, e.to_string()))?;
+            write!(out, "{manifest}")?;
+            Ok(())
+        }
+        Command::Image { wasm, out: dir, tag } => {
+            let image = meshward::image::build(&wasm, &dir, &tag).map_err(|e| Failure(2, e.to_string()))?;
+            write!(out, "{}", image.summary())?;
+            Ok(())
         }
     }
-    if failed > 0 {
-        return Err(Failure(1, format!("{failed} of {} bundles failed the check", bundles.len())));
-    }
-    Ok(())
 }
 
 fn load_key(path: &Path) -> Result<SigningKey, Failure> {
     SigningKey::from_file(&read(path)?).map_err(|e| unreadable(path, e))
 }
 
-fn dev(command: DevCommand) -> Result<(), Failure> {
+fn dev(command: DevCommand, out: &mut dyn Write) -> Result<(), Failure> {
     let fail = |e: meshward::dev::DevError| Failure(2, e.to_string());
     match command {
-        DevCommand::Keygen { alg, kid, out } => {
+        DevCommand::Corpus(args) => corpus::run(&args, out)?,
+        DevCommand::Keygen { alg, kid, out: file_path } => {
             let alg = match alg {
                 KeyAlg::Rs256 => Algorithm::RS256,
                 KeyAlg::Es256 => Algorithm::ES256,
                 KeyAlg::EdDsa => Algorithm::EdDSA,
             };
             let file = SigningKey::generate(alg, &kid).and_then(|k| k.to_file()).map_err(fail)?;
-            match out {
+            match file_path {
                 Some(path) => std::fs::write(&path, file + "\n")
                     .map_err(|e| Failure(2, format!("cannot write {}: {e}", path.display())))?,
-                None => println!("{file}"),
+                None => writeln!(out, "{file}")?,
             }
         }
         DevCommand::Jwks { keys, demo } => {
             let mut loaded = keys.iter().map(|p| load_key(p)).collect::<Result<Vec<_>, _>>()?;
             loaded.extend(demo.map(|kid| SigningKey::demo(&kid)));
             let refs: Vec<&SigningKey> = loaded.iter().collect();
-            println!("{}", jwks(&refs));
+            writeln!(out, "{}", jwks(&refs))?;
         }
         DevCommand::Token { key, demo, iss, sub, aud, ttl, jti, now, age, claims } => {
             let key = match (key, demo) {
@@ -224,8 +306,7 @@ fn dev(command: DevCommand) -> Result<(), Failure> {
                 (None, Some(kid)) => SigningKey::demo(&kid),
                 (None, None) => return Err(Failure(2, "give --key FILE or --demo KID".into())),
             };
-            let now = now
-                .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+            let now = now.unwrap_or_else(meshward::cli::now);
             let mut spec = TokenSpec::new(&iss, &sub, "", now, 0);
             spec.audiences = aud;
             spec.expires_at = Some(now.saturating_add_signed(ttl));
@@ -238,7 +319,7 @@ fn dev(command: DevCommand) -> Result<(), Failure> {
                 let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::from(value));
                 spec.claims.insert(name.to_owned(), value);
             }
-            println!("{}", key.sign(&spec).map_err(fail)?);
+            writeln!(out, "{}", key.sign(&spec).map_err(fail)?)?;
         }
     }
     Ok(())
