@@ -670,9 +670,9 @@ impl Rule {
             }
         }
         let captures = route.path.matches(&target.path).ok_or(Miss::Path)?;
-        if !self.repositories.is_empty() {
-            let repo = capture(&captures, "repo").unwrap_or_default();
-            if !self.repositories.iter().any(|g| g.matches(repo)) {
+        // Routes that name a repository must name a covered one; the `/v2/` version check has none.
+        if let Some(repo) = capture(&captures, "repo") {
+            if !self.repositories.is_empty() && !self.repositories.iter().any(|g| g.matches(repo)) {
                 return Err(Miss::Repository);
             }
         }
