@@ -28,13 +28,17 @@ IMAGE_DIR        := target/meshward-image
 ISTIO_EXAMPLE_IMAGE  := images.example.internal/platform/meshward
 ISTIO_EXAMPLE_DIGEST := sha256:0000000000000000000000000000000000000000000000000000000000000000
 SUDO             := $(if $(filter 0,$(shell id -u)),,sudo)
+WASM_TEST_TARGET := wasm32-unknown-unknown
+# Must equal the wasm-bindgen version in tests/wasm/Cargo.lock.
+WASM_BINDGEN_VERSION := 0.2.130
 # Every tests/e2e_*.rs, so a new end-to-end file is part of the compatibility run.
 E2E_TESTS        := $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs))
 
 export MESHWARD_ENVOY := $(abspath $(ENVOY))
 
 .PHONY: all build wasm cli deps wasm-target envoy envoy-oldest registry-tools test lint fmt-check \
-        e2e e2e-oldest bench fuzz run stop envoy-config istio-examples schema image clean
+        e2e e2e-oldest bench fuzz run stop envoy-config istio-examples schema image clean \
+        corpus wasm-test-deps test-wasm
 
 all: build
 
@@ -75,6 +79,7 @@ cli:
 
 fmt-check:
 	cargo fmt --check
+	cargo fmt --check --manifest-path tests/wasm/Cargo.toml
 
 lint: wasm-target
 	cargo clippy --all-targets -- -D warnings
@@ -83,7 +88,24 @@ lint: wasm-target
 test: deps fmt-check lint wasm
 	cargo test
 	MESHWARD_ENVOY=$(abspath $(ENVOY_OLDEST_BIN)) cargo test $(E2E_TESTS)
+	$(MAKE) test-wasm
 	cargo bench --bench decision -- --test
+
+wasm-test-deps:
+	@rustup target list --installed | grep -qx $(WASM_TEST_TARGET) || rustup target add $(WASM_TEST_TARGET)
+	@wasm-bindgen-test-runner --version 2>/dev/null | grep -qx 'wasm-bindgen-test-runner $(WASM_BINDGEN_VERSION)' \
+	  || cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION)
+
+# The example corpora decided by the core compiled to wasm32-unknown-unknown, in Node.js
+# (wasm-bindgen-test), so the plugin's target and the native CLI cannot drift apart.
+test-wasm: wasm-test-deps
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  cargo test --manifest-path tests/wasm/Cargo.toml --target $(WASM_TEST_TARGET) --target-dir target/wasm-corpus
+
+# Regenerate the committed corpora from their cases (fresh demo-key tokens; the times are fixed).
+corpus: cli
+	for b in registry payments-api; do \
+	  $(CLI) dev corpus --demo demo-2026-1 tests/corpus/$$b.cases.jsonl > tests/corpus/$$b.jsonl; done
 
 # The end-to-end suite alone, against the newest and the oldest supported Envoy.
 e2e: deps wasm
