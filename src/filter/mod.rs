@@ -206,19 +206,7 @@ impl Root {
         let waiting = std::mem::take(&mut self.shared.borrow_mut().waiting);
         let now = now_secs().unwrap_or(0);
         for waiter in waiting {
-            if hostcalls::set_effective_context(waiter.context_id).is_err() {
-                continue; // the stream is gone
-            }
-            if decide(
-                engine,
-                self.metrics.as_deref(),
-                &waiter.request.as_request(),
-                waiter.request.request_id(),
-                now,
-            ) == Action::Continue
-            {
-                let _ = hostcalls::resume_http_request();
-            }
+            self.decide_parked(engine, &waiter, now);
         }
     }
 
@@ -232,21 +220,22 @@ impl Root {
             shared.waiting = keep;
             expired
         };
-        let now = now_ms / 1000;
         for waiter in expired {
-            if hostcalls::set_effective_context(waiter.context_id).is_ok() {
-                // Decide again: the answer is `keys_unavailable` unless keys came meanwhile.
-                if decide(
-                    engine,
-                    self.metrics.as_deref(),
-                    &waiter.request.as_request(),
-                    waiter.request.request_id(),
-                    now,
-                ) == Action::Continue
-                {
-                    let _ = hostcalls::resume_http_request();
-                }
-            }
+            // Decided again: the answer is `keys_unavailable` unless keys came meanwhile.
+            self.decide_parked(engine, &waiter, now_ms / 1000);
+        }
+    }
+
+    /// Decides a parked request on its own stream, and lets it go on or answers it.
+    fn decide_parked(&self, engine: &Engine, waiter: &Waiter, now: u64) {
+        if hostcalls::set_effective_context(waiter.context_id).is_err() {
+            return; // the stream is gone
+        }
+        let request = waiter.request.as_request();
+        if decide(engine, self.metrics.as_deref(), &request, waiter.request.request_id(), now)
+            == Action::Continue
+        {
+            let _ = hostcalls::resume_http_request();
         }
     }
 }
