@@ -47,42 +47,13 @@ impl KeyServer {
         let (m, p, s) = (mode.clone(), paths.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                let Ok((mut conn, _)) = listener.accept() else {
+                let Ok((conn, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
-                conn.set_nonblocking(false).unwrap();
-                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                let mut buf = [0u8; 4096];
-                let n = conn.read(&mut buf).unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).to_string();
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                // The answer is fixed before the fetch is counted, so a test that waits for the count
-                // and then switches modes never changes this fetch's answer.
-                let mode = m.lock().unwrap().clone();
-                p.lock().unwrap().push(path.clone());
-                let (status, body) = if path == "/.well-known/openid-configuration" {
-                    (
-                        200,
-                        json!({"issuer": "https://idp.test", "jwks_uri": "https://idp.test/keys/jwks.json"})
-                            .to_string(),
-                    )
-                } else {
-                    match mode {
-                        Mode::Keys(body) | Mode::Body(body) => (200, body),
-                        Mode::Status(code) => (code, "{}".to_string()),
-                        Mode::Hang => {
-                            // Longer than meshward's fetch timeout; then close without answering.
-                            std::thread::sleep(Duration::from_millis(1200));
-                            continue;
-                        }
-                    }
-                };
-                let response = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(response.as_bytes());
+                // One thread per connection, so a hanging answer never delays the next fetch.
+                let (m, p) = (m.clone(), p.clone());
+                std::thread::spawn(move || serve(conn, &m, &p));
             }
         });
         KeyServer { port, mode, paths, stop, thread: Some(thread) }
@@ -95,6 +66,41 @@ impl KeyServer {
     fn jwks_fetches(&self) -> usize {
         self.paths.lock().unwrap().iter().filter(|p| *p == "/keys/jwks.json").count()
     }
+}
+
+/// Answers one fetch according to the current mode.
+fn serve(mut conn: std::net::TcpStream, mode: &Mutex<Mode>, paths: &Mutex<Vec<String>>) {
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = conn.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    // The answer is fixed before the fetch is counted, so a test that waits for the count and then
+    // switches modes never changes this fetch's answer.
+    let mode = mode.lock().unwrap().clone();
+    paths.lock().unwrap().push(path.clone());
+    let (status, body) = if path == "/.well-known/openid-configuration" {
+        (
+            200,
+            json!({"issuer": "https://idp.test", "jwks_uri": "https://idp.test/keys/jwks.json"}).to_string(),
+        )
+    } else {
+        match mode {
+            Mode::Keys(body) | Mode::Body(body) => (200, body),
+            Mode::Status(code) => (code, "{}".to_string()),
+            Mode::Hang => {
+                // Longer than meshward's fetch timeout; then close without answering.
+                std::thread::sleep(Duration::from_millis(1200));
+                return;
+            }
+        }
+    };
+    let response = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.write_all(response.as_bytes());
 }
 
 impl Drop for KeyServer {
