@@ -445,8 +445,11 @@ fn explain_says_why_each_rule_did_not_match() {
 #[test]
 fn every_registry_rule_allows_the_version_check() {
     let k = key();
-    let rules = json!([{"id": "push-dev", "hosts": ["*"], "registry": {"actions": ["push"], "repositories": ["dev/**"]},
-        "subjects": ["**"]}]);
+    let rules = json!([
+        {"id": "push-dev", "hosts": ["*"], "registry": {"actions": ["push"], "repositories": ["dev/**"]}, "subjects": ["**"]},
+        {"id": "no-prod-deletes", "effect": "deny", "hosts": ["*"], "registry": {"actions": ["delete"], "repositories": ["prod/**"]},
+         "subjects": ["**"]},
+    ]);
     let engine = compile(&k, rules, json!({})).unwrap();
     let t = token(&k, "https://mesh.test", "builder", json!({}));
     assert_eq!(Req::new("GET", "/v2/", Some(&t)).decide(&engine), allowed("push-dev"));
@@ -454,5 +457,10 @@ fn every_registry_rule_allows_the_version_check() {
     assert_eq!(
         Req::new("PUT", "/v2/prod/app/manifests/1", Some(&t)).decide(&engine),
         denied(Reason::PolicyNoMatch)
+    );
+    // A deny registry rule covers its actions only, not the version check.
+    assert_eq!(
+        Req::new("DELETE", "/v2/prod/app/manifests/1", Some(&t)).decide(&engine),
+        (Reason::PolicyDenied, "no-prod-deletes".into())
     );
 }

@@ -470,10 +470,14 @@ impl Rule {
                     repositories
                         .push(Glob::new(r).map_err(|m| e(&format!("registry.repositories[{j}]"), m))?);
                 }
-                routes.push(Route {
-                    methods: Some(vec!["GET".into(), "HEAD".into()]),
-                    path: PathTemplate::exact(registry::BASE).map_err(|m| e("registry", m))?,
-                });
+                // Clients check the API version first; an allow rule grants it. A deny rule is about
+                // its actions' routes only, never the version check.
+                if cfg.effect == Effect::Allow {
+                    routes.push(Route {
+                        methods: Some(vec!["GET".into(), "HEAD".into()]),
+                        path: PathTemplate::exact(registry::BASE).map_err(|m| e("registry", m))?,
+                    });
+                }
                 let mut seen = HashSet::new();
                 for action in &reg.actions {
                     for (methods, template) in registry::routes(*action) {
