@@ -348,3 +348,46 @@ fn cached_tokens_follow_the_remote_key_set() {
     );
     assert_eq!(Reason::KeysUnavailable.http_status(), 503);
 }
+
+/// Checklist 48: bad keys inside a JWK Set (private members, a small RSA modulus, a point that is
+/// not on the curve, an unknown key type) are skipped, and the good key is used: inline and remote.
+#[test]
+fn bad_keys_in_a_key_set_are_skipped_and_the_good_ones_used() {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let good = SigningKey::generate(Algorithm::ES256, "good").unwrap();
+    let mut private = good.public_jwk();
+    private["kid"] = json!("private");
+    private["d"] = json!(b64(&[7u8; 32]));
+    let small_rsa = json!({"kty": "RSA", "kid": "small", "n": b64(&[0xc5u8; 128]), "e": "AQAB"});
+    let off_curve =
+        json!({"kty": "EC", "crv": "P-256", "kid": "off", "x": b64(&[1u8; 32]), "y": b64(&[2u8; 32])});
+    let unknown = json!({"kty": "XYZ", "kid": "odd"});
+    let keys = json!([private, small_rsa, off_curve, unknown, good.public_jwk()]);
+    let t =
+        format!("Bearer {}", good.sign(&TokenSpec::new("https://i.test", "svc", "api", NOW, 300)).unwrap());
+
+    let inline = json!({"name": "t", "rules": [{"id": "r", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]}],
+        "issuers": [{"name": "i", "issuer": "https://i.test", "audiences": ["api"], "algorithms": ["ES256", "RS256"], "jwks": {"keys": keys}}]});
+    let (engine, warnings) =
+        BundleConfig::from_json(inline.to_string().as_bytes()).unwrap().compile().unwrap();
+    assert_eq!(warnings.len(), 4, "{warnings:?}");
+    for (i, why) in [(0, "private"), (1, "2048"), (2, "EC point"), (3, "unsupported key type")] {
+        assert!(warnings[i].contains(why), "{i}: {}", warnings[i]);
+    }
+    assert_eq!(decide(&engine, &t, NOW), Reason::Allowed);
+
+    let remote = json!({"name": "t", "rules": [{"id": "r", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]}],
+        "issuers": [{"name": "i", "issuer": "https://i.test", "audiences": ["api"], "algorithms": ["ES256", "RS256"],
+                     "remote_jwks": {"cluster": "keys", "jwks_path": "/jwks"}}]});
+    let (engine, _) = BundleConfig::from_json(remote.to_string().as_bytes()).unwrap().compile().unwrap();
+    assert_eq!(engine.due_key_fetches(NOW).len(), 1);
+    let body = json!({"keys": keys}).to_string();
+    match engine.key_fetch_completed("i", "/jwks", Some(200), Some(body.as_bytes()), NOW) {
+        meshward::remote::FetchOutcome::Installed { keys, skipped } => {
+            assert_eq!((keys, skipped.len()), (1, 4))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(decide(&engine, &t, NOW), Reason::Allowed);
+}
