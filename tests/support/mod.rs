@@ -30,9 +30,18 @@ pub fn wasm_module() -> PathBuf {
     path
 }
 
-/// A free port on 127.0.0.1 (the OS picks it; we release it just before Envoy binds).
+/// A free port on 127.0.0.1 (the OS picks it; we release it just before Envoy binds). The OS may
+/// offer a released port again, so a port is never handed out twice in one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A fresh directory under the cargo target dir for one test's files.
