@@ -283,19 +283,17 @@ impl HttpContext for Stream {
         );
         let now = now_ms / 1000;
         // Before the first remote key set, a request may wait for it instead of being refused.
-        if engine.waiting_for_first_keys(now_ms) {
-            let outcome = engine.authorize(&request.as_request(), now);
-            if outcome.decision.reason == Reason::KeysUnavailable {
-                let wait_ms = engine.issuers().iter().filter_map(|i| i.wait_for_keys_ms()).max().unwrap_or(0);
-                self.shared.borrow_mut().waiting.push(Waiter {
-                    context_id: self.context_id,
-                    request,
-                    deadline_ms: now_ms + wait_ms,
-                });
-                return Action::Pause;
-            }
+        let outcome = engine.authorize(&request.as_request(), now);
+        if outcome.decision.reason == Reason::KeysUnavailable && engine.waiting_for_first_keys(now_ms) {
+            let wait_ms = engine.issuers().iter().filter_map(|i| i.wait_for_keys_ms()).max().unwrap_or(0);
+            self.shared.borrow_mut().waiting.push(Waiter {
+                context_id: self.context_id,
+                request,
+                deadline_ms: now_ms + wait_ms,
+            });
+            return Action::Pause;
         }
-        decide(&engine, self.metrics.as_deref(), &request.as_request(), request.request_id(), now)
+        act(&engine, self.metrics.as_deref(), &request.as_request(), &outcome, request.request_id(), now)
     }
 }
 
@@ -308,20 +306,31 @@ fn decide(
     request_id: Option<&str>,
     now: u64,
 ) -> Action {
-    let outcome = engine.authorize(request, now);
-    if engine.should_audit(&outcome) {
-        let record = AuditRecord::new(&engine.name, request, &outcome, now, request_id).to_json();
+    act(engine, metrics, request, &engine.authorize(request, now), request_id, now)
+}
+
+/// Audits and counts a decision already made, then forwards the identity or answers the request.
+fn act(
+    engine: &Engine,
+    metrics: Option<&Metrics>,
+    request: &HttpRequest<'_>,
+    outcome: &Outcome,
+    request_id: Option<&str>,
+    now: u64,
+) -> Action {
+    if engine.should_audit(outcome) {
+        let record = AuditRecord::new(&engine.name, request, outcome, now, request_id).to_json();
         log(LogLevel::Info, &record);
         // Also as filter state (`wasm.meshward_audit`), for access-log formats.
         let _ = hostcalls::set_property(vec!["meshward_audit"], Some(record.as_bytes()));
     }
     if let Some(metrics) = metrics {
-        metrics.record(&outcome);
+        metrics.record(outcome);
     }
     if !outcome.lets_through() {
         return send_deny(Some(engine), outcome.decision.reason, request_id);
     }
-    match forward_identity(engine, &outcome) {
+    match forward_identity(engine, outcome) {
         Ok(()) => Action::Continue,
         Err(_) => send_deny(Some(engine), Reason::InternalError, request_id),
     }
