@@ -326,7 +326,7 @@ fn bad_rules_are_refused_with_their_field() {
 #[test]
 fn the_index_agrees_with_a_full_scan() {
     let k = key();
-    let hosts = ["a.test", "b.test", "*.c.test", "*"];
+    let hosts = ["a.test", "b.test", "*.c.test", "*", "a.test:8443", "x.c.test:80"];
     let methods = [json!(["GET"]), json!(["PUT", "POST"]), json!(["*"])];
     let paths = [
         json!({"prefix": "/v2/"}),
@@ -335,6 +335,10 @@ fn the_index_agrees_with_a_full_scan() {
         json!({"template": "/api/*/items/**"}),
         json!({"prefix": "/"}),
         json!({"prefix": "/api/x"}),
+        json!({"prefix": "/v2/dev"}),
+        json!({"exact": "/api/x/y"}),
+        json!({"template": "/v2/**"}),
+        json!({"template": "/api/{id}"}),
     ];
     let subjects = ["svc-a", "svc-*", "**"];
     let mut rules = Vec::new();
@@ -351,7 +355,7 @@ fn the_index_agrees_with_a_full_scan() {
         n += 1;
         rules.push(json!({
             "id": format!("r{n}"),
-            "effect": if next(5) == 0 { "deny" } else { "allow" },
+            "effect": if next(25) == 0 { "deny" } else { "allow" },
             "hosts": [hosts[next(hosts.len())]],
             "methods": methods[next(methods.len())],
             "paths": [paths[next(paths.len())]],
@@ -366,10 +370,21 @@ fn the_index_agrees_with_a_full_scan() {
             engine.issuers().verify(&k.sign(&spec).unwrap(), NOW).unwrap()
         })
         .collect();
-    let request_hosts = ["a.test", "b.test", "x.c.test", "c.test", "z.test"];
-    let request_paths = ["/v2/", "/v2/app/manifests/1", "/api/7/items/a/b", "/api/x/y", "/other", "/v2"];
+    let request_hosts = ["a.test", "b.test", "x.c.test", "c.test", "z.test", "a.test:8443", "x.c.test:80"];
+    let request_paths = [
+        "/v2/",
+        "/v2/app/manifests/1",
+        "/api/7/items/a/b",
+        "/api/x/y",
+        "/api/x",
+        "/other",
+        "/v2",
+        "/v2/dev/app/blobs/1",
+        "/v2/devil",
+    ];
     let request_methods = ["GET", "PUT", "POST", "DELETE"];
     let mut checked = 0;
+    let mut outcomes = std::collections::HashMap::new();
     for host in request_hosts {
         for path in request_paths {
             for method in request_methods {
@@ -406,11 +421,16 @@ fn the_index_agrees_with_a_full_scan() {
                         identity.subject
                     );
                     checked += 1;
+                    *outcomes.entry(indexed.reason).or_insert(0) += 1;
                 }
             }
         }
     }
-    assert_eq!(checked, 5 * 6 * 4 * 3);
+    assert_eq!(checked, 7 * 9 * 4 * 3);
+    // Every kind of decision is well represented, so agreement means something.
+    for reason in [Reason::Allowed, Reason::PolicyDenied, Reason::PolicyNoMatch] {
+        assert!(outcomes.get(&reason).is_some_and(|&n| n >= 10), "{outcomes:?}");
+    }
 }
 
 #[test]

@@ -12,9 +12,13 @@ pub mod pattern;
 pub mod registry;
 mod rule;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+// The index is built from the bundle only; requests just look names up, so a fast hash is safe.
+use foldhash::HashMap;
 
 pub use pattern::{Glob, HostPattern, PathTemplate};
+use rule::Found;
 pub use rule::{
     ConditionConfig, Effect, Mode, PathConfig, RegistryConfig, Route, Rule, RuleConfig, Timestamp,
 };
@@ -111,7 +115,7 @@ impl Policy {
                 continue; // another route of a rule that already matched
             }
             let Some(rule) = self.rules.get(r as usize) else { continue };
-            if rule.check_route(route as usize, input).is_err() {
+            if rule.check_route(route as usize, input, Found::Indexed).is_err() {
                 continue;
             }
             last_rule = Some(r);
@@ -121,8 +125,12 @@ impl Policy {
             }
         }
         let decision = enforced.decision(&self.rules);
-        let shadow = with_dry_run.decision(&self.rules);
-        let dry_run = (shadow != decision).then_some(shadow);
+        // The same deciding rules make the same decision: only build the shadow one when they differ.
+        let dry_run = if with_dry_run == enforced {
+            None
+        } else {
+            Some(with_dry_run.decision(&self.rules)).filter(|shadow| *shadow != decision)
+        };
         Evaluation { decision, dry_run }
     }
 
@@ -149,7 +157,7 @@ impl Policy {
 }
 
 /// The first matching allow and deny rules seen.
-#[derive(Default)]
+#[derive(Default, PartialEq, Eq)]
 struct Verdict {
     allow: Option<u32>,
     deny: Option<u32>,
@@ -183,7 +191,9 @@ struct Entry {
     route: u16,
 }
 
-/// Host -> method -> path trie.
+/// Host -> method -> path trie. What it hands out for a request is exactly the (rule, route)
+/// pairs whose host name (port aside), method and literal leading path segments match it; the
+/// evaluation relies on that and does not check them again.
 #[derive(Debug, Default)]
 struct Index {
     exact: HashMap<String, MethodIndex>,
@@ -255,7 +265,8 @@ impl Index {
             visit(m);
         }
         if !self.suffix.is_empty() {
-            for (at, _) in host.match_indices('.') {
+            // `*.example.com` covers names below `example.com`, never `.example.com` itself.
+            for (at, _) in host.match_indices('.').filter(|&(at, _)| at > 0) {
                 if let Some(m) = host.get(at..).and_then(|suffix| self.suffix.get(suffix)) {
                     visit(m);
                 }
@@ -270,7 +281,7 @@ impl PathTrie {
     fn collect(&self, path: &str, out: &mut Vec<Entry>) {
         let mut node = self;
         out.extend_from_slice(&node.here);
-        for segment in path.strip_prefix('/').unwrap_or(path).split('/') {
+        for segment in pattern::path_segments(path.strip_prefix('/').unwrap_or(path)) {
             match node.children.get(segment) {
                 Some(child) => {
                     node = child;

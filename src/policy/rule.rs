@@ -427,6 +427,8 @@ pub struct Rule {
     max_token_age: Option<u64>,
     captures: Vec<(String, Test)>,
     needs_token: bool,
+    /// Whether a host pattern names a port (which the index does not look at).
+    host_ports: bool,
 }
 
 impl Rule {
@@ -593,6 +595,7 @@ impl Rule {
                 return Err(e("expires_at", "must be after not_before".into()));
             }
         }
+        let host_ports = hosts.iter().any(|h| matches!(h, HostPattern::ExactPort(..)));
         Ok(Rule {
             id: cfg.id,
             owner: cfg.owner,
@@ -615,6 +618,7 @@ impl Rule {
             max_token_age: cfg.max_token_age_seconds,
             captures,
             needs_token,
+            host_ports,
         })
     }
 
@@ -647,7 +651,7 @@ impl Rule {
         // Report the route that got furthest: past host, method and path, its reason tells most.
         let mut best: Option<Miss> = None;
         for route in 0..self.routes.len() {
-            match self.check_route(route, input) {
+            match self.check_route(route, input, Found::Scan) {
                 Ok(()) => return Ok(()),
                 Err(miss) => {
                     if best.is_none_or(|b| miss.depth() > b.depth()) {
@@ -660,20 +664,33 @@ impl Rule {
     }
 
     /// Whether the rule matches through one route. On the request path: no allocation, the
-    /// reason is a small value that `explain` turns into text.
-    pub(super) fn check_route(&self, route: usize, input: &PolicyInput<'_>) -> Result<(), Miss> {
+    /// reason is a small value that `explain` turns into text. `found` says whether the index
+    /// handed out the route, which then needs no second look at what the index matched.
+    pub(super) fn check_route(
+        &self,
+        route: usize,
+        input: &PolicyInput<'_>,
+        found: Found,
+    ) -> Result<(), Miss> {
         let route = self.routes.get(route).ok_or(Miss::Route)?;
         let target = input.target;
-        // The index filed the rule by host name; the port (if the pattern has one) is checked here.
-        if !self.hosts.iter().any(|h| h.matches(&target.host, target.port)) {
+        let indexed = found == Found::Indexed;
+        // The index files the rule by host name and method: the port (if a pattern has one) is
+        // checked here.
+        if (!indexed || self.host_ports) && !self.hosts.iter().any(|h| h.matches(&target.host, target.port)) {
             return Err(Miss::Host);
         }
-        if let Some(methods) = &route.methods {
+        if let Some(methods) = route.methods.as_ref().filter(|_| !indexed) {
             if !methods.contains(&target.method) {
                 return Err(Miss::Method);
             }
         }
-        let captures = route.path.matches(&target.path).ok_or(Miss::Path)?;
+        // The index walked the literal segments of the path: for a prefix, that is the match.
+        let captures = if indexed && route.path.is_prefix() {
+            Captures::new()
+        } else {
+            route.path.matches(&target.path).ok_or(Miss::Path)?
+        };
         // Routes that name a repository must name a covered one; the `/v2/` version check has none.
         if let Some(repo) = capture(&captures, "repo") {
             if !self.repositories.is_empty() && !self.repositories.iter().any(|g| g.matches(repo)) {
@@ -776,6 +793,16 @@ impl Rule {
             }
         }
     }
+}
+
+/// How a rule came to be checked against a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Found {
+    /// Every rule, in turn (`explain`): everything is checked.
+    Scan,
+    /// Handed out by the index for the request's host, method and path: the host name, the method
+    /// and the literal leading path segments are known to match.
+    Indexed,
 }
 
 /// Why a rule did not match a request: cheap to return on the request path.
