@@ -5,7 +5,7 @@
 set -euo pipefail
 ENVOY=${1:-.venv/bin/envoy}
 MESHWARD=${2:-target/debug/meshward}
-WASM=target/wasm32-wasip1/release/meshward.wasm
+WASM=target/meshward.wasm
 REGISTRY_PORT=5050 LISTEN_PORT=8090 ADMIN_PORT=9902 STANDIN_PORT=8091
 DIR=.run/registry-demo
 rm -rf "$DIR" && mkdir -p "$DIR/storage"

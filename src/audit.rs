@@ -185,6 +185,10 @@ pub struct LoadRecord<'a> {
     pub issuers: Option<usize>,
     /// Why it was refused.
     pub error: Option<String>,
+    /// Milliseconds spent parsing and compiling the bundle (host clock), when measured.
+    pub configure_ms: Option<u64>,
+    /// The VM's linear memory after configuring, in bytes, when known.
+    pub memory_bytes: Option<u64>,
 }
 
 /// SHA-256 of bytes, as lower-case hex.
@@ -206,6 +210,8 @@ impl<'a> LoadRecord<'a> {
                 rules: Some(engine.policy().rules().len()),
                 issuers: Some(engine.issuers().iter().count()),
                 error: None,
+                configure_ms: None,
+                memory_bytes: None,
             },
             Err(e) => LoadRecord {
                 kind: "policy_refused",
@@ -216,8 +222,15 @@ impl<'a> LoadRecord<'a> {
                 rules: None,
                 issuers: None,
                 error: Some(e.to_string()),
+                configure_ms: None,
+                memory_bytes: None,
             },
         }
+    }
+
+    /// Adds what configuring cost: the time it took and the memory it left the VM with.
+    pub fn with_cost(self, configure_ms: Option<u64>, memory_bytes: Option<u64>) -> Self {
+        LoadRecord { configure_ms, memory_bytes, ..self }
     }
 
     /// The record as one JSON line.

@@ -38,7 +38,9 @@ const WASM_HEADER: &[u8; 8] = b"\0asm\x01\0\0\0";
 pub enum ImageError {
     #[error("cannot read {path}: {source} (`make wasm` builds the module)")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{0} is not a WebAssembly module (expected a core module, version 1, such as target/wasm32-wasip1/release/meshward.wasm)")]
+    #[error(
+        "{0} is not a WebAssembly module (expected a core module, version 1, such as target/meshward.wasm)"
+    )]
     NotWasm(PathBuf),
     #[error("refusing to write into {0}: it exists and is not an OCI image layout")]
     NotALayout(PathBuf),

@@ -23,7 +23,7 @@ impl Default for EnvoyOptions {
             listen_port: 8080,
             backend_port: 8081,
             admin_port: 9901,
-            wasm_path: "target/wasm32-wasip1/release/meshward.wasm".into(),
+            wasm_path: "target/meshward.wasm".into(),
             clusters: Vec::new(),
         }
     }

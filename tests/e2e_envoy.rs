@@ -120,7 +120,18 @@ fn envoy_enforces_the_policy() {
             (record["bundle"].as_str(), record["rules"].as_u64(), record["issuers"].as_u64()),
             (Some("e2e"), Some(2), Some(3))
         );
+        // What configuring cost: wasm memory comes in 64 KiB pages.
+        let memory = record["memory_bytes"].as_u64().unwrap_or(0);
+        assert!(memory > 0 && memory % 65_536 == 0, "{record}");
+        assert!(record["configure_ms"].is_u64(), "{record}");
     }
+    // The memory gauge shows the largest VM: at least what any load reported.
+    let largest = load.iter().filter_map(|r| r["memory_bytes"].as_u64()).max().unwrap_or(0);
+    assert!(
+        envoy.prometheus_value("meshward_vm_memory_bytes{}") >= largest,
+        "{}",
+        envoy.admin("/stats/prometheus")
+    );
 
     // Allowed, for each algorithm: the backend sees the verified identity, not the client's copy.
     for (iss, key) in keys.all() {

@@ -54,7 +54,7 @@ enum Command {
     /// holding plugin.wasm); prints the manifest digest to pin.
     Image {
         /// The module (`make wasm` builds it).
-        #[arg(long, default_value = "target/wasm32-wasip1/release/meshward.wasm")]
+        #[arg(long, default_value = "target/meshward.wasm")]
         wasm: PathBuf,
         /// The layout directory to write (replaced if it already holds an image layout).
         #[arg(long)]
@@ -78,7 +78,7 @@ enum RenderTarget {
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
         /// Path of meshward.wasm as Envoy sees it.
-        #[arg(long, default_value = "target/wasm32-wasip1/release/meshward.wasm")]
+        #[arg(long, default_value = "target/meshward.wasm")]
         wasm: String,
     },
     /// An Istio WasmPlugin (extensions.istio.io/v1alpha1) carrying the bundle, on stdout.

@@ -18,6 +18,9 @@ pub struct Metrics {
     break_glass: Option<u32>,
     key_fetches: HashMap<&'static str, u32>,
     key_set_ages: std::cell::RefCell<HashMap<String, u32>>,
+    vm_memory: Option<u32>,
+    /// The memory size this VM last reported.
+    vm_memory_seen: std::cell::Cell<u64>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -57,6 +60,24 @@ impl Metrics {
                 .filter_map(|o| Some((o, counter(&format!("meshward.key_fetches_total.outcome.{o}"))?)))
                 .collect(),
             key_set_ages: Default::default(),
+            vm_memory: hostcalls::define_metric(MetricType::Gauge, "meshward.vm_memory_bytes").ok(),
+            vm_memory_seen: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Reports this VM's linear memory. Envoy runs one VM per worker (and one on the main thread)
+    /// and they share the gauge: it shows the largest, the figure to watch against a memory limit.
+    pub fn memory(&self, bytes: u64) {
+        let Some(id) = self.vm_memory else { return };
+        if bytes <= self.vm_memory_seen.get() {
+            return; // wasm memory never shrinks: nothing new to report
+        }
+        self.vm_memory_seen.set(bytes);
+        match hostcalls::get_metric(id) {
+            Ok(shown) if shown >= bytes => {} // another VM is larger
+            _ => {
+                let _ = hostcalls::record_metric(id, bytes);
+            }
         }
     }
 

@@ -100,10 +100,15 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let started = now_millis();
+        let compiled = BundleConfig::from_json(&bytes).and_then(BundleConfig::compile);
+        let configure_ms = now_millis().zip(started).map(|(end, start)| end.saturating_sub(start));
         let now = now_secs().unwrap_or(0);
-        match BundleConfig::from_json(&bytes).and_then(BundleConfig::compile) {
+        match compiled {
             Ok((engine, warnings)) => {
-                log(LogLevel::Info, &LoadRecord::new(&bytes, Ok(&engine), now).to_json());
+                let record =
+                    LoadRecord::new(&bytes, Ok(&engine), now).with_cost(configure_ms, Some(memory_bytes()));
+                log(LogLevel::Info, &record.to_json());
                 for warning in &warnings {
                     log(LogLevel::Warn, warning);
                 }
@@ -119,9 +124,8 @@ impl RootContext for Root {
                 );
                 let remote = engine.issuers().iter().any(|i| i.has_remote_keys());
                 self.engine = Some(Rc::new(engine));
-                if self.metrics.is_none() {
-                    self.metrics = Some(Rc::new(Metrics::define()));
-                }
+                let metrics = self.metrics.get_or_insert_with(|| Rc::new(Metrics::define()));
+                metrics.memory(memory_bytes());
                 if remote {
                     // Fetches are dispatched from the timer; the first tick comes at once.
                     let _ = hostcalls::set_tick_period(Duration::from_millis(250));
@@ -326,6 +330,8 @@ fn act(
     }
     if let Some(metrics) = metrics {
         metrics.record(outcome);
+        // Caches grow with traffic: keep the memory gauge current (a host call only on growth).
+        metrics.memory(memory_bytes());
     }
     if !outcome.lets_through() {
         return send_deny(Some(engine), outcome.decision.reason, request_id);
@@ -366,6 +372,11 @@ fn send_deny(engine: Option<&Engine>, reason: Reason, request_id: Option<&str>) 
 fn property(path: &[&str]) -> Option<String> {
     let bytes = hostcalls::get_property(path.to_vec()).ok()??;
     String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+}
+
+/// The VM's linear memory, in bytes (it only ever grows).
+fn memory_bytes() -> u64 {
+    (core::arch::wasm32::memory_size::<0>() as u64).saturating_mul(65_536)
 }
 
 /// The host's clock, in unix milliseconds.
