@@ -6,7 +6,7 @@ set -euo pipefail
 ENVOY=${1:-.venv/bin/envoy}
 MESHWARD=${2:-target/debug/meshward}
 WASM=target/meshward.wasm
-REGISTRY_PORT=5050 LISTEN_PORT=8090 ADMIN_PORT=9902 STANDIN_PORT=8091
+REGISTRY_PORT=5050 LISTEN_PORT=8090 ADMIN_PORT=9902
 DIR=.run/registry-demo
 rm -rf "$DIR" && mkdir -p "$DIR/storage"
 pids=()
@@ -31,8 +31,7 @@ for r in b["rules"]:
 print(json.dumps(b))
 PY
 "$MESHWARD" render envoy "$DIR/bundle.json" --listen-port $LISTEN_PORT --admin-port $ADMIN_PORT \
-  --backend-port $REGISTRY_PORT --wasm "$WASM" \
-  | sed "0,/port_value: $REGISTRY_PORT/s//port_value: $STANDIN_PORT/" > "$DIR/envoy.yaml"
+  --upstream 127.0.0.1:$REGISTRY_PORT --wasm "$WASM" > "$DIR/envoy.yaml"
 "$ENVOY" -c "$DIR/envoy.yaml" --concurrency 1 --disable-hot-restart > "$DIR/envoy.log" 2>&1 & pids+=($!)
 for _ in $(seq 1 100); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN_PORT/ready")" = 200 ] \

@@ -15,6 +15,11 @@ pub struct EnvoyOptions {
     pub wasm_path: String,
     /// Further clusters (name, port on 127.0.0.1), e.g. for a remote JWKS server.
     pub clusters: Vec<(String, u16)>,
+    /// The real service (host, port) allowed requests go to; `None` renders the stand-in backend
+    /// on `backend_port` instead.
+    pub upstream: Option<(String, u16)>,
+    /// An access log on stdout with each request's audit record.
+    pub access_log: bool,
 }
 
 impl Default for EnvoyOptions {
@@ -25,19 +30,18 @@ impl Default for EnvoyOptions {
             admin_port: 9901,
             wasm_path: "target/meshward.wasm".into(),
             clusters: Vec::new(),
+            upstream: None,
+            access_log: true,
         }
     }
 }
 
-/// A complete Envoy bootstrap: meshward on the ingress listener, a demo backend, admin on loopback.
-/// `bundle_json` is the plugin configuration, embedded as Envoy's `configuration` string.
-pub fn envoy_bootstrap(bundle_json: &str, o: &EnvoyOptions) -> String {
-    let mut clusters = String::new();
-    for (name, port) in &o.clusters {
-        let _ = write!(
-            clusters,
-            r#"  - name: {name}
-    type: STATIC
+/// One cluster of a single endpoint: STATIC for an IP address, STRICT_DNS for a name.
+fn cluster(name: &str, host: &str, port: u16) -> String {
+    let kind = if host.parse::<std::net::IpAddr>().is_ok() { "STATIC" } else { "STRICT_DNS" };
+    format!(
+        r#"  - name: {name}
+    type: {kind}
     connect_timeout: 1s
     load_assignment:
       cluster_name: {name}
@@ -45,17 +49,84 @@ pub fn envoy_bootstrap(bundle_json: &str, o: &EnvoyOptions) -> String {
       - lb_endpoints:
         - endpoint:
             address:
-              socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+              socket_address: {{ address: {host}, port_value: {port} }}
 "#
-        );
+    )
+}
+
+/// The stand-in for the protected service: answers every request and echoes the identity headers
+/// meshward forwarded.
+fn stand_in_backend(port: u16) -> String {
+    format!(
+        r#"  # Stand-in for the protected service: answers every request and echoes the identity headers
+  # meshward forwarded, so you can see what the upstream receives.
+  - name: backend
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: backend
+          route_config:
+            virtual_hosts:
+            - name: backend
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                direct_response:
+                  status: 200
+                  body: {{ inline_string: "backend: request accepted\n" }}
+                response_headers_to_add:
+                - header: {{ key: x-backend-saw-subject, value: "%REQ(x-meshward-subject)%" }}
+                - header: {{ key: x-backend-saw-issuer, value: "%REQ(x-meshward-issuer)%" }}
+                - header: {{ key: x-backend-saw-authorization, value: "%REQ(authorization)%" }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#
+    )
+}
+
+const ACCESS_LOG: &str = r#"          # Access log with meshward's audit record (filter state `wasm.meshward_audit`; `-` when
+          # the decision was not sampled).
+          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format:
+                text_format_source:
+                  inline_string: "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %DURATION%ms meshward=%FILTER_STATE(wasm.meshward_audit:PLAIN)%\n"
+"#;
+
+/// A complete Envoy bootstrap: meshward on the ingress listener in front of the upstream (or a
+/// stand-in backend), admin on loopback. `bundle_json` is the plugin configuration, embedded as
+/// Envoy's `configuration` string.
+pub fn envoy_bootstrap(bundle_json: &str, o: &EnvoyOptions) -> String {
+    let (route, listeners, mut clusters) = match &o.upstream {
+        // Large blob uploads and downloads (registries) outlast Envoy's default 15 s route timeout.
+        Some((host, port)) => {
+            ("{ cluster: upstream, timeout: 60s }", String::new(), cluster("upstream", host, *port))
+        }
+        None => (
+            "{ cluster: backend }",
+            stand_in_backend(o.backend_port),
+            cluster("backend", "127.0.0.1", o.backend_port),
+        ),
+    };
+    for (name, port) in &o.clusters {
+        clusters.push_str(&cluster(name, "127.0.0.1", *port));
     }
+    let access_log = if o.access_log { ACCESS_LOG } else { "" };
     let mut config = String::new();
     for line in bundle_json.trim_end().lines() {
         // Block scalar lines are indented below `value: |`.
         let _ = writeln!(config, "                    {line}");
     }
     format!(
-        r#"# Envoy with meshward in front of a backend, everything on 127.0.0.1.
+        r#"# Envoy with meshward in front of {what}, listening on 127.0.0.1.
 # Rendered by `meshward render envoy`; run from the repository root so the module path resolves.
 admin:
   address:
@@ -81,22 +152,13 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
-          # Access log with meshward's audit record (filter state `wasm.meshward_audit`; `-` when
-          # the decision was not sampled).
-          access_log:
-          - name: envoy.access_loggers.stdout
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
-              log_format:
-                text_format_source:
-                  inline_string: "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %DURATION%ms meshward=%FILTER_STATE(wasm.meshward_audit:PLAIN)%\n"
-          route_config:
+{access_log}          route_config:
             virtual_hosts:
             - name: all
               domains: ["*"]
               routes:
               - match: {{ prefix: "/" }}
-                route: {{ cluster: backend }}
+                route: {route}
           http_filters:
           - name: meshward
             typed_config:
@@ -119,49 +181,11 @@ static_resources:
 {config}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  # Stand-in for the protected service: answers every request and echoes the identity headers
-  # meshward forwarded, so you can see what the upstream receives.
-  - name: backend
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {backend} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: backend
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                direct_response:
-                  status: 200
-                  body: {{ inline_string: "backend: request accepted\n" }}
-                response_headers_to_add:
-                - header: {{ key: x-backend-saw-subject, value: "%REQ(x-meshward-subject)%" }}
-                - header: {{ key: x-backend-saw-issuer, value: "%REQ(x-meshward-issuer)%" }}
-                - header: {{ key: x-backend-saw-authorization, value: "%REQ(authorization)%" }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {backend} }}
+{listeners}  clusters:
 {clusters}"#,
+        what = if o.upstream.is_some() { "the upstream" } else { "a stand-in backend" },
         admin = o.admin_port,
         listen = o.listen_port,
-        backend = o.backend_port,
         wasm = o.wasm_path,
     )
 }

@@ -157,6 +157,33 @@ fn check_reads_yaml_with_the_same_schema() {
 }
 
 #[test]
+fn render_envoy_in_front_of_a_real_upstream() {
+    // By default: a stand-in backend and an access log.
+    let r = meshward(&["render", "envoy", REGISTRY]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("- name: backend") && r.stdout.contains("access_log:"), "{}", r.stdout);
+
+    let r = meshward(&["render", "envoy", REGISTRY, "--upstream", "10.0.0.7:5000", "--no-access-log"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for expected in [
+        "route: { cluster: upstream, timeout: 60s }",
+        "type: STATIC",
+        "{ address: 10.0.0.7, port_value: 5000 }",
+    ] {
+        assert!(r.stdout.contains(expected), "{expected}:\n{}", r.stdout);
+    }
+    assert!(!r.stdout.contains("- name: backend") && !r.stdout.contains("access_log:"), "{}", r.stdout);
+
+    // A name is resolved by DNS.
+    let r = meshward(&["render", "envoy", REGISTRY, "--upstream", "registry.internal:443"]);
+    assert!(r.stdout.contains("type: STRICT_DNS"), "{}", r.stdout);
+
+    let r = meshward(&["render", "envoy", REGISTRY, "--upstream", "registry.internal"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("expected HOST:PORT"), "{}", r.stderr);
+}
+
+#[test]
 fn check_exit_codes_for_invalid_and_unreadable_bundles() {
     let dir = scratch();
     let mut bad = registry_json();

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use meshward::dev::{SigningKey, TokenSpec};
+use meshward::render::{envoy_bootstrap, EnvoyOptions};
 use serde_json::Value;
 use support::{free_port, http, scratch_dir, wasm_module, Envoy};
 
@@ -108,62 +109,16 @@ impl Drop for Registry {
 
 /// Envoy with meshward on `listen`, routing everything to the registry. No access log: the audit
 /// trail is meshward's own log lines (an access log on stdout would share the log file with them).
-fn bootstrap(bundle_json: &str, listen: u16, admin: u16, registry: u16, wasm: &Path) -> String {
-    let config: String = bundle_json.lines().map(|line| format!("                    {line}\n")).collect();
-    format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
-static_resources:
-  listeners:
-  - name: registry
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {listen} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: registry
-          route_config:
-            virtual_hosts:
-            - name: registry
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: registry, timeout: 60s }}
-          http_filters:
-          - name: meshward
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: meshward
-                root_id: meshward
-                failure_policy: FAIL_CLOSED
-                vm_config:
-                  vm_id: meshward
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: {wasm} }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: |
-{config}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: registry
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: registry
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {registry} }}
-"#,
-        wasm = wasm.display(),
-    )
+fn bootstrap(bundle_json: &str, listen: u16, admin: u16, registry: u16) -> String {
+    let options = EnvoyOptions {
+        listen_port: listen,
+        admin_port: admin,
+        wasm_path: wasm_module().display().to_string(),
+        upstream: Some(("127.0.0.1".into(), registry)),
+        access_log: false,
+        ..EnvoyOptions::default()
+    };
+    envoy_bootstrap(bundle_json, &options)
 }
 
 /// The example registry bundle, its rules limited to the authority the client uses.
@@ -284,7 +239,7 @@ fn skopeo_pushes_promotes_and_pulls_through_meshward() {
     let (listen, admin) = (free_port(), free_port());
     let authority = format!("127.0.0.1:{listen}");
     let envoy = Envoy::start_yaml(
-        &bootstrap(&example_bundle(&authority), listen, admin, registry.port, &wasm_module()),
+        &bootstrap(&example_bundle(&authority), listen, admin, registry.port),
         listen,
         admin,
     );

@@ -80,6 +80,12 @@ enum RenderTarget {
         /// Path of meshward.wasm as Envoy sees it.
         #[arg(long, default_value = "target/meshward.wasm")]
         wasm: String,
+        /// Route allowed requests to this service (HOST:PORT) instead of the stand-in backend.
+        #[arg(long, value_name = "HOST:PORT", value_parser = parse_upstream)]
+        upstream: Option<(String, u16)>,
+        /// Leave out the access log (the audit records stay in Envoy's log).
+        #[arg(long)]
+        no_access_log: bool,
     },
     /// An Istio WasmPlugin (extensions.istio.io/v1alpha1) carrying the bundle, on stdout.
     Istio {
@@ -187,6 +193,16 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+/// `--upstream HOST:PORT` (an IPv6 address in brackets), parsed like a request's authority.
+fn parse_upstream(text: &str) -> Result<(String, u16), String> {
+    match meshward::request::split_authority(text) {
+        Ok((host, Some(port))) if port > 0 => {
+            Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+        }
+        _ => Err(format!("expected HOST:PORT, such as 127.0.0.1:5000, not {text:?}")),
+    }
+}
+
 fn unreadable(path: &Path, e: impl std::fmt::Display) -> Failure {
     Failure(2, format!("cannot read {}: {e}", path.display()))
 }
@@ -222,13 +238,29 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Diff(args) => Ok(diff::run(&args, out)?),
         Command::Access(args) => Ok(access::run(&args, out)?),
         Command::Render {
-            target: RenderTarget::Envoy { bundle, listen_port, backend_port, admin_port, wasm },
+            target:
+                RenderTarget::Envoy {
+                    bundle,
+                    listen_port,
+                    backend_port,
+                    admin_port,
+                    wasm,
+                    upstream,
+                    no_access_log,
+                },
         } => {
             let json = bundle::plugin_json(&bundle)?;
             // Valid syntax is not enough: the bundle must compile, as the plugin would refuse it.
             bundle::Bundle::load(&bundle).map_err(|e| Failure(1, e.message))?;
-            let options =
-                EnvoyOptions { listen_port, backend_port, admin_port, wasm_path: wasm, ..Default::default() };
+            let options = EnvoyOptions {
+                listen_port,
+                backend_port,
+                admin_port,
+                wasm_path: wasm,
+                upstream,
+                access_log: !no_access_log,
+                ..Default::default()
+            };
             write!(out, "{}", envoy_bootstrap(&json, &options))?;
             Ok(())
         }

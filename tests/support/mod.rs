@@ -102,6 +102,7 @@ impl Envoy {
             admin_port: free_port(),
             wasm_path: wasm_module().display().to_string(),
             clusters,
+            ..EnvoyOptions::default()
         };
         let (listen, admin) = (options.listen_port, options.admin_port);
         Self::try_start_yaml(&envoy_bootstrap(bundle_json, &options), listen, admin)
