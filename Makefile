@@ -6,6 +6,7 @@
 #               at the newest and oldest supported versions, a real registry), a benchmark smoke run
 #   make fuzz   a bounded run of each fuzz target (FUZZ_SECONDS each)
 #   make bench  criterion benchmarks of the core
+#   make bench-envoy  the Envoy load benchmark: meshward vs a no-op wasm filter and jwt_authn + rbac
 #   make image  the plugin as an OCI image for Istio's WasmPlugin (target/meshward-image)
 #   make demo-registry  a real OCI registry behind meshward, driven by skopeo
 #
@@ -39,6 +40,9 @@ SUDO             := $(if $(filter 0,$(shell id -u)),,sudo)
 WASM_TEST_TARGET := wasm32-unknown-unknown
 # Must equal the wasm-bindgen version in tests/wasm/Cargo.lock.
 WASM_BINDGEN_VERSION := 0.2.130
+# The no-op wasm filter of the Envoy load benchmark (benches/envoy/noop).
+NOOP_WASM        := target/noop-wasm/$(WASM_TARGET)/release/meshward_bench_noop.wasm
+BENCH_ENVOY_ARGS ?=
 # Every tests/e2e_*.rs, so a new end-to-end file is part of the compatibility run.
 E2E_TESTS        := $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs))
 
@@ -46,7 +50,7 @@ export MESHWARD_ENVOY := $(abspath $(ENVOY))
 
 .PHONY: all build wasm cli deps wasm-target wasm-opt-tool envoy envoy-oldest registry-tools test lint fmt-check \
         e2e e2e-oldest bench fuzz run stop envoy-config istio-examples schema image clean \
-        corpus wasm-test-deps test-wasm demo-registry
+        corpus wasm-test-deps test-wasm demo-registry bench-envoy wrk
 
 all: build
 
@@ -131,6 +135,17 @@ e2e-oldest: envoy-oldest registry-tools wasm
 
 bench:
 	cargo bench --bench decision
+
+# The Envoy load benchmark (performance.md's method): meshward against a no-op wasm filter and
+# Envoy's native jwt_authn + rbac, interleaved rounds, medians and ratios. About 5 minutes;
+# BENCH_ENVOY_ARGS=--quick for a smoke run (about 35 s).
+bench-envoy: envoy wasm cli wrk
+	cargo build --release --target $(WASM_TARGET) --manifest-path benches/envoy/noop/Cargo.toml --target-dir target/noop-wasm
+	$(PYTHON) benches/envoy/load.py --envoy $(ENVOY) --wasm $(WASM) --noop-wasm $(NOOP_WASM) --cli $(CLI) $(BENCH_ENVOY_ARGS)
+
+# Debian's wrk, the load generator of bench-envoy.
+wrk:
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 
 fuzz:
 	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked

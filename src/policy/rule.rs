@@ -596,7 +596,7 @@ impl Rule {
             }
         }
         let host_ports = hosts.iter().any(|h| matches!(h, HostPattern::ExactPort(..)));
-        Ok(Rule {
+        let rule = Rule {
             id: cfg.id,
             owner: cfg.owner,
             description: cfg.description,
@@ -619,7 +619,10 @@ impl Rule {
             captures,
             needs_token,
             host_ports,
-        })
+        };
+        // Parsed and built vectors carry spare capacity (a one-element Vec holds four): a copy has
+        // exactly what it needs, which halves the memory of a large bundle's rules.
+        Ok(rule.clone())
     }
 
     /// The host patterns the rule covers.
