@@ -3,7 +3,7 @@
 #   make run    build the plugin, start Envoy with envoy/envoy.yaml on 127.0.0.1, show decisions
 #   make stop   stop the Envoy that `make run` started
 #   make test   format, lints (native + wasm32), the wasm build, unit and end-to-end tests (real Envoy
-#               at the newest and oldest supported versions, a real registry), a benchmark smoke run
+#               at the newest and oldest supported versions, a real registry), benchmark smoke runs
 #   make fuzz   a bounded run of each fuzz target (FUZZ_SECONDS each)
 #   make bench  criterion benchmarks of the core
 #   make bench-envoy  the Envoy load benchmark: meshward vs a no-op wasm filter and jwt_authn + rbac
@@ -54,7 +54,7 @@ export MESHWARD_ENVOY := $(abspath $(ENVOY))
 
 all: build
 
-deps: wasm-target wasm-opt-tool envoy envoy-oldest registry-tools
+deps: wasm-target wasm-opt-tool envoy envoy-oldest registry-tools wrk
 
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -109,6 +109,7 @@ test: deps fmt-check lint wasm
 	MESHWARD_ENVOY=$(abspath $(ENVOY_OLDEST_BIN)) cargo test $(E2E_TESTS)
 	$(MAKE) test-wasm
 	cargo bench --bench decision -- --test
+	$(MAKE) bench-envoy BENCH_ENVOY_ARGS=--quick
 
 wasm-test-deps:
 	@rustup target list --installed | grep -qx $(WASM_TEST_TARGET) || rustup target add $(WASM_TEST_TARGET)
