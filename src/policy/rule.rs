@@ -596,7 +596,7 @@ impl Rule {
             }
         }
         let host_ports = hosts.iter().any(|h| matches!(h, HostPattern::ExactPort(..)));
-        let rule = Rule {
+        let mut rule = Rule {
             id: cfg.id,
             owner: cfg.owner,
             description: cfg.description,
@@ -620,9 +620,21 @@ impl Rule {
             needs_token,
             host_ports,
         };
-        // Parsed and built vectors carry spare capacity (a one-element Vec holds four): a copy has
-        // exactly what it needs, which halves the memory of a large bundle's rules.
-        Ok(rule.clone())
+        // Parsed and built vectors carry spare capacity (a one-element Vec holds four): a large
+        // bundle's rules take a quarter less memory without it. (Shrinking in place is cheap; a
+        // deep copy would cost as much again as compiling.)
+        rule.hosts.shrink_to_fit();
+        rule.routes.shrink_to_fit();
+        rule.repositories.shrink_to_fit();
+        rule.headers.shrink_to_fit();
+        rule.issuers.shrink_to_fit();
+        rule.profiles.shrink_to_fit();
+        rule.subjects.shrink_to_fit();
+        rule.claims.shrink_to_fit();
+        rule.scopes.shrink_to_fit();
+        rule.peers.shrink_to_fit();
+        rule.captures.shrink_to_fit();
+        Ok(rule)
     }
 
     /// The host patterns the rule covers.
