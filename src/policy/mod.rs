@@ -237,12 +237,20 @@ struct Filing<'r> {
     entry: Entry,
 }
 
+/// The host tables of the index.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum HostTable {
+    Exact,
+    Suffix,
+    Any,
+}
+
 /// Which host table a filing goes to, and under which key.
-fn host_key(host: &HostPattern) -> (u8, &str) {
+fn host_key(host: &HostPattern) -> (HostTable, &str) {
     match host {
-        HostPattern::Exact(h) | HostPattern::ExactPort(h, _) => (0, h),
-        HostPattern::Suffix(s) => (1, s),
-        HostPattern::Any => (2, ""),
+        HostPattern::Exact(h) | HostPattern::ExactPort(h, _) => (HostTable::Exact, h),
+        HostPattern::Suffix(s) => (HostTable::Suffix, s),
+        HostPattern::Any => (HostTable::Any, ""),
     }
 }
 
@@ -262,13 +270,13 @@ impl Index {
             let Some(first) = group.first() else { continue };
             let methods = MethodIndex::build(group);
             match host_key(first.host) {
-                (0, h) => {
+                (HostTable::Exact, h) => {
                     index.exact.insert(h.into(), methods);
                 }
-                (1, s) => {
+                (HostTable::Suffix, s) => {
                     index.suffix.insert(s.into(), methods);
                 }
-                _ => index.any = methods,
+                (HostTable::Any, _) => index.any = methods,
             }
         }
         index.exact.shrink_to_fit();
