@@ -158,6 +158,10 @@ pub struct Settings {
     /// Share of allowed reads (GET, HEAD, OPTIONS) to audit, 0.0 to 1.0; denials, writes,
     /// dry-run disagreements and break-glass decisions are always audited.
     pub audit_allow_sample_rate: f64,
+    /// Also set each audit record as filter state `wasm.meshward_audit`, for access logs that print
+    /// `%FILTER_STATE(wasm.meshward_audit:PLAIN)%`. Off by default: it is most of the audit's cost
+    /// per request (the record is in Envoy's log either way).
+    pub audit_filter_state: bool,
     /// Leave the reason code out of deny bodies and challenges (it stays in the audit record).
     pub hide_deny_reason: bool,
 }
@@ -174,6 +178,7 @@ impl Default for Settings {
             remove_token: false,
             token_sources: crate::source::default_sources(),
             audit_allow_sample_rate: 1.0,
+            audit_filter_state: false,
             hide_deny_reason: false,
         }
     }

@@ -130,6 +130,11 @@ impl Engine {
         self.sampler.keep(outcome)
     }
 
+    /// Whether audit records also go to filter state, for access logs (`settings.audit_filter_state`).
+    pub fn audit_filter_state(&self) -> bool {
+        self.settings.audit_filter_state
+    }
+
     /// Whether any issuer checks certificate binding (so the filter reads the peer certificate's
     /// digest only then).
     pub fn uses_certificate_binding(&self) -> bool {

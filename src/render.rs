@@ -90,8 +90,8 @@ fn stand_in_backend(port: u16) -> String {
     )
 }
 
-const ACCESS_LOG: &str = r#"          # Access log with meshward's audit record (filter state `wasm.meshward_audit`; `-` when
-          # the decision was not sampled).
+const ACCESS_LOG: &str = r#"          # Access log with meshward's audit record (filter state `wasm.meshward_audit`; `-` unless
+          # the bundle sets `settings.audit_filter_state` and the decision was audited).
           access_log:
           - name: envoy.access_loggers.stdout
             typed_config:

@@ -20,7 +20,7 @@ fn audit_trail_access_log_and_metrics_account_for_every_request() {
         "name": "audit-e2e",
         "version": "7",
         "issuers": [{"name": "mesh", "issuer": "https://mesh.test", "audiences": ["api"], "algorithms": ["EdDSA"], "jwks": jwks(&[&key])}],
-        "settings": {"audit_allow_sample_rate": 0.5},
+        "settings": {"audit_allow_sample_rate": 0.5, "audit_filter_state": true},
         "rules": [
             {"id": "read", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["spiffe://t/**"]},
             {"id": "write", "hosts": ["*"], "methods": ["PUT"], "paths": [{"prefix": "/data"}], "subjects": ["spiffe://t/writer"]},

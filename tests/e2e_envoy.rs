@@ -212,6 +212,10 @@ fn envoy_enforces_the_policy() {
     let log = envoy.log();
     assert!(!log.contains(&writer) && !log.contains(&reader), "a token leaked into the log");
     let records = envoy.audit_records();
+    // `audit_filter_state` is off by default: the access log has no copy of the records.
+    let log = envoy.wait_for_log(|log| log.contains(" meshward="));
+    let access: Vec<&str> = log.lines().filter(|l| l.contains(" meshward=")).collect();
+    assert!(!access.is_empty() && access.iter().all(|l| l.contains(" meshward=-")), "{log}");
     let allows = records.iter().filter(|r| r["decision"] == "allow").count();
     assert_eq!(allows, 4, "{records:#?}");
     let write = records.iter().find(|r| r["rule"] == "write").expect("audit record of the write");

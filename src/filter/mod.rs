@@ -325,8 +325,10 @@ fn act(
     if engine.should_audit(outcome) {
         let record = AuditRecord::new(&engine.name, request, outcome, now, request_id).to_json();
         log(LogLevel::Info, &record);
-        // Also as filter state (`wasm.meshward_audit`), for access-log formats.
-        let _ = hostcalls::set_property(vec!["meshward_audit"], Some(record.as_bytes()));
+        if engine.audit_filter_state() {
+            // Also as filter state (`wasm.meshward_audit`), for access-log formats.
+            let _ = hostcalls::set_property(vec!["meshward_audit"], Some(record.as_bytes()));
+        }
     }
     if let Some(metrics) = metrics {
         metrics.record(outcome);
