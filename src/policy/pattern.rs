@@ -411,13 +411,17 @@ impl PathTemplate {
         many: Option<Option<&'p str>>,
         tail: &'p [Segment],
     ) -> Option<Captures<'p>> {
+        // How many segments the path has against how many the template takes.
         let count = rest.bytes().filter(|&b| b == b'/').count() + 1;
         let fixed = head.len() + tail.len();
-        let middle = match many {
-            None if count != fixed => return None,
-            None => 0,
-            Some(name) => count.checked_sub(fixed).filter(|&m| name.is_none() || m > 0)?,
+        let fits = match many {
+            None => count == fixed,
+            Some(None) => count >= fixed,
+            Some(Some(_)) => count > fixed,
         };
+        if !fits {
+            return None;
+        }
         let mut captures = Vec::new();
         // Forward over the head; `from` ends at the first segment after it.
         let mut from = 0;
@@ -438,7 +442,7 @@ impl PathTemplate {
         }
         if let Some(Some(name)) = many {
             let run = rest.get(from..to.checked_sub(1)?)?;
-            if middle == 0 || path_segments(run).any(str::is_empty) {
+            if path_segments(run).any(str::is_empty) {
                 return None;
             }
             captures.push((name, run));
