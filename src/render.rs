@@ -2,6 +2,9 @@
 
 use std::fmt::Write as _;
 
+/// Where `make wasm` writes the module that ships (relative to the repository root).
+pub const MODULE_PATH: &str = "target/meshward.wasm";
+
 /// Where the rendered Envoy listens and finds the module.
 #[derive(Clone, Debug)]
 pub struct EnvoyOptions {
@@ -28,7 +31,7 @@ impl Default for EnvoyOptions {
             listen_port: 8080,
             backend_port: 8081,
             admin_port: 9901,
-            wasm_path: "target/meshward.wasm".into(),
+            wasm_path: MODULE_PATH.into(),
             clusters: Vec::new(),
             upstream: None,
             access_log: true,
@@ -120,11 +123,7 @@ pub fn envoy_bootstrap(bundle_json: &str, o: &EnvoyOptions) -> String {
         clusters.push_str(&cluster(name, "127.0.0.1", *port));
     }
     let access_log = if o.access_log { ACCESS_LOG } else { "" };
-    let mut config = String::new();
-    for line in bundle_json.trim_end().lines() {
-        // Block scalar lines are indented below `value: |`.
-        let _ = writeln!(config, "                    {line}");
-    }
+    let meshward = meshward_http_filter(bundle_json, &o.wasm_path);
     format!(
         r#"# Envoy with meshward in front of {what}, listening on 127.0.0.1.
 # Rendered by `meshward render envoy`; run from the repository root so the module path resolves.
@@ -160,7 +159,27 @@ static_resources:
               - match: {{ prefix: "/" }}
                 route: {route}
           http_filters:
-          - name: meshward
+{meshward}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+{listeners}  clusters:
+{clusters}"#,
+        what = if o.upstream.is_some() { "the upstream" } else { "a stand-in backend" },
+        admin = o.admin_port,
+        listen = o.listen_port,
+    )
+}
+
+/// meshward as an entry of an HTTP connection manager's `http_filters` (YAML, indented for
+/// `envoy_bootstrap`'s listener): the module at `wasm_path`, `bundle_json` as its configuration.
+pub fn meshward_http_filter(bundle_json: &str, wasm_path: &str) -> String {
+    let mut config = String::new();
+    for line in bundle_json.trim_end().lines() {
+        // Block scalar lines are indented below `value: |`.
+        let _ = writeln!(config, "                    {line}");
+    }
+    format!(
+        r#"          - name: meshward
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
@@ -173,19 +192,11 @@ static_resources:
                   runtime: envoy.wasm.runtime.v8
                   code:
                     local:
-                      filename: {wasm}
+                      filename: {wasm_path}
                 # The policy bundle (JSON), exactly as `meshward check` validates it.
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: |
-{config}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-{listeners}  clusters:
-{clusters}"#,
-        what = if o.upstream.is_some() { "the upstream" } else { "a stand-in backend" },
-        admin = o.admin_port,
-        listen = o.listen_port,
-        wasm = o.wasm_path,
+{config}"#
     )
 }

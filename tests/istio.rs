@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use meshward::istio::{wasm_plugin, WasmPluginOptions};
+use meshward::render::meshward_http_filter;
 use meshward::BundleConfig;
 use serde_json::{json, Value};
 use support::Envoy;
@@ -249,7 +250,7 @@ fn rollout_dry_run_reports_what_enforce_then_denies() {
 /// (`hcm` lines), meshward with `bundle`, and a route that answers 200 with the path it received.
 fn normalizing_envoy(bundle_json: &str, hcm: &str) -> Envoy {
     let (listen, admin) = (support::free_port(), support::free_port());
-    let config: String = bundle_json.lines().map(|line| format!("                    {line}\n")).collect();
+    let meshward = meshward_http_filter(bundle_json, &support::wasm_module().display().to_string());
     let bootstrap = format!(
         r#"admin:
   address:
@@ -278,25 +279,10 @@ static_resources:
                 response_headers_to_add:
                 - header: {{ key: x-upstream-path, value: "%REQ(:PATH)%" }}
           http_filters:
-          - name: meshward
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: meshward
-                root_id: meshward
-                failure_policy: FAIL_CLOSED
-                vm_config:
-                  vm_id: meshward
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: {wasm} }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: |
-{config}          - name: envoy.filters.http.router
+{meshward}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#,
-        wasm = support::wasm_module().display(),
+"#
     );
     Envoy::start_yaml(&bootstrap, listen, admin)
 }

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use meshward::cli::{self, access, bundle, check, corpus, diff, explain, replay};
 use meshward::dev::{jwks, SigningKey, TokenSpec};
-use meshward::render::{envoy_bootstrap, EnvoyOptions};
+use meshward::render::{envoy_bootstrap, EnvoyOptions, MODULE_PATH};
 use meshward::token::Algorithm;
 
 #[derive(Parser)]
@@ -54,7 +54,7 @@ enum Command {
     /// holding plugin.wasm); prints the manifest digest to pin.
     Image {
         /// The module (`make wasm` builds it).
-        #[arg(long, default_value = "target/meshward.wasm")]
+        #[arg(long, default_value = MODULE_PATH)]
         wasm: PathBuf,
         /// The layout directory to write (replaced if it already holds an image layout).
         #[arg(long)]
@@ -78,7 +78,7 @@ enum RenderTarget {
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
         /// Path of meshward.wasm as Envoy sees it.
-        #[arg(long, default_value = "target/meshward.wasm")]
+        #[arg(long, default_value = MODULE_PATH)]
         wasm: String,
         /// Route allowed requests to this service (HOST:PORT) instead of the stand-in backend.
         #[arg(long, value_name = "HOST:PORT", value_parser = parse_upstream)]

@@ -25,7 +25,7 @@ pub fn envoy_binary() -> PathBuf {
 
 /// The release wasm module, built by `make test` before the end-to-end tests run.
 pub fn wasm_module() -> PathBuf {
-    let path = repo_path("target/meshward.wasm");
+    let path = repo_path(meshward::render::MODULE_PATH);
     assert!(path.exists(), "no module at {} — run `make test`, which builds it", path.display());
     path
 }
