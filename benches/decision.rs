@@ -16,6 +16,7 @@
 //! missing claim or scope, a longer template, a quarantine deny) at every bundle size, as in a real
 //! mesh where a bundle grows by adding services. In every policy exactly one rule matches the
 //! request (checked before timing, with `Policy::explain`), so the benches measure a real allow.
+//! The Envoy load benchmark (`benches/envoy/load.py`) ports this generator: change both together.
 //!
 //! `cargo bench --bench decision -- --test` runs each benchmark once (the CI smoke test).
 
