@@ -6,7 +6,6 @@ use std::cell::Cell;
 
 use serde::Serialize;
 
-use crate::decision::Decision;
 use crate::engine::{HttpRequest, Outcome};
 use crate::policy::Mode;
 
@@ -64,14 +63,6 @@ pub struct AuditRecord<'a> {
     pub path: Option<&'a str>,
 }
 
-fn verdict(d: &Decision) -> &'static str {
-    if d.allowed {
-        "allow"
-    } else {
-        "deny"
-    }
-}
-
 impl<'a> AuditRecord<'a> {
     /// Builds the record for an outcome.
     pub fn new(
@@ -85,7 +76,7 @@ impl<'a> AuditRecord<'a> {
         let target = outcome.target.as_ref();
         let decision = &outcome.decision;
         let dry_run = outcome.dry_run.as_ref().map(|d| DryRunRecord {
-            decision: verdict(d),
+            decision: d.verdict().word(),
             reason: d.reason.code(),
             rule: d.rule_label(),
         });
@@ -105,7 +96,7 @@ impl<'a> AuditRecord<'a> {
                 Mode::Enforce => "enforce",
                 Mode::DryRun => "dry-run",
             },
-            decision: verdict(decision),
+            decision: decision.verdict().word(),
             reason: decision.reason.code(),
             rule: decision.rule_label(),
             severity,

@@ -13,7 +13,7 @@ use super::lint::{globs_cover, names_cover};
 use super::progress::Progress;
 use super::records::{self, Input, Record};
 use super::{json_document, now, parse_time, rfc3339, Failure, Format};
-use crate::policy::{ConditionConfig, Effect, Glob, Mode, PathConfig, RuleConfig};
+use crate::policy::{ConditionConfig, Glob, Mode, PathConfig, RuleConfig};
 
 /// Distinct identities taken from recordings, at most.
 const MAX_IDENTITIES: usize = 10_000;
@@ -160,7 +160,7 @@ fn grant_json(g: &Grant<'_>, kind: &str, now: u64) -> Value {
         .collect();
     json!({
         "rule": r.id,
-        "effect": if r.effect == Effect::Allow { "allow" } else { "deny" },
+        "effect": r.effect.verdict().word(),
         "owner": r.owner,
         "via": g.via,
         "hosts": r.hosts,
@@ -181,7 +181,7 @@ fn grant_json(g: &Grant<'_>, kind: &str, now: u64) -> Value {
 
 fn grant_text(out: &mut dyn Write, g: &Grant<'_>, kind: &str, now: u64, width: usize) -> Result<(), Failure> {
     let r = g.rule;
-    let effect = if r.effect == Effect::Allow { "allow" } else { "deny" };
+    let effect = r.effect.verdict().word();
     let (until, _) = window(r, now);
     let mut line = format!("  {effect:<5}  {:<width$}  {}  {}  {until}", r.id, r.hosts.join(","), what(r));
     let conds = conditions(r, kind);

@@ -9,9 +9,10 @@ use serde_json::json;
 
 use super::bundle::Bundle;
 use super::progress::Progress;
-use super::records::{self, decision_json, Input, Verdict};
+use super::records::{self, decision_json, Input};
 use super::{json_line, Failure, Format};
 use crate::decision::Decision;
+use crate::decision::Verdict;
 
 /// `meshward diff` arguments.
 #[derive(Debug, clap::Args)]
@@ -45,21 +46,20 @@ pub struct DiffArgs {
 /// One side of a change: decision, reason, deciding rule.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Side {
-    verdict: &'static str,
+    verdict: Verdict,
     reason: &'static str,
     rule: String,
 }
 
 impl Side {
     fn of(d: &Decision) -> Self {
-        Side { verdict: Verdict::of(d).as_str(), reason: d.reason.code(), rule: d.rule_label().to_owned() }
+        Side { verdict: d.verdict(), reason: d.reason.code(), rule: d.rule_label().to_owned() }
     }
 
     fn text(&self) -> String {
-        if self.reason == "allowed" {
-            format!("allow by {}", self.rule)
-        } else {
-            format!("deny {} by {}", self.reason, self.rule)
+        match self.verdict {
+            Verdict::Allow => format!("allow by {}", self.rule),
+            Verdict::Deny => format!("deny {} by {}", self.reason, self.rule),
         }
     }
 }
@@ -154,8 +154,8 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 .iter()
                 .map(|((a, b), g)| {
                     json!({
-                        "old": {"decision": a.verdict, "reason": a.reason, "rule": a.rule},
-                        "new": {"decision": b.verdict, "reason": b.reason, "rule": b.rule},
+                        "old": {"decision": a.verdict.word(), "reason": a.reason, "rule": a.rule},
+                        "new": {"decision": b.verdict.word(), "reason": b.reason, "rule": b.rule},
                         "count": g.count,
                     })
                 })

@@ -8,10 +8,10 @@ use serde_json::{json, Value};
 
 use super::bundle::Bundle;
 use super::records::{
-    self, decision_json, Basis, Check, HeaderValue, Input, Line, Record, Replayed, RequestRecord, Verdict,
+    self, decision_json, Basis, Check, HeaderValue, Input, Line, Record, Replayed, RequestRecord,
 };
 use super::{json_document, now, parse_time, rfc3339, Failure, Format};
-use crate::decision::Reason;
+use crate::decision::{Reason, Verdict};
 use crate::policy::{Effect, Mode, PolicyInput, Timestamp};
 
 /// `meshward explain` arguments.
@@ -179,7 +179,7 @@ pub fn run(args: &ExplainArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 .map(|c| {
                     json!({
                         "rule": c.id,
-                        "effect": if c.effect == Effect::Allow { "allow" } else { "deny" },
+                        "effect": c.effect.verdict().word(),
                         "mode": if c.mode == Mode::Enforce { "enforce" } else { "dry-run" },
                         "break_glass": c.break_glass,
                         "matched": c.why_not.is_none(),
@@ -312,7 +312,7 @@ fn explanation(bundle: &Bundle, r: &Replayed, stage: &str, rules: &[Considered])
     if let Some(dry) = &r.dry_run {
         text.push_str(&format!(
             "; with dry-run rules the decision would be {} {} by {}",
-            Verdict::of(dry).as_str(),
+            dry.verdict().word(),
             dry.reason.code(),
             dry.rule_label()
         ));
@@ -366,7 +366,7 @@ fn text(
     writeln!(
         out,
         "decision:  {} {status} {} by {}{bg}",
-        Verdict::of(d).as_str(),
+        d.verdict().word(),
         d.reason.code(),
         d.rule_label()
     )?;
@@ -376,7 +376,7 @@ fn text(
         writeln!(out, "rules, in bundle order (a matching deny rule overrides every allow rule):")?;
         let width = rules.iter().map(|c| c.id.len()).max().unwrap_or(0);
         for c in rules {
-            let effect = if c.effect == Effect::Allow { "allow" } else { "deny" };
+            let effect = c.effect.verdict().word();
             let mut notes = Vec::new();
             if c.mode == Mode::DryRun {
                 notes.push("dry-run");

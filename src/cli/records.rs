@@ -23,7 +23,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::decision::{Decision, Reason};
+use crate::decision::{Decision, Reason, Verdict};
 use crate::engine::HttpRequest;
 use crate::policy::{Evaluation, PolicyInput, Timestamp};
 use crate::request::RequestTarget;
@@ -34,33 +34,6 @@ use super::Failure;
 
 /// Longest line read (a request record with a large token is a few KiB).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
-
-/// allow or deny.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Allow,
-    Deny,
-}
-
-impl Verdict {
-    /// The verdict of a decision.
-    pub fn of(decision: &Decision) -> Self {
-        if decision.allowed {
-            Verdict::Allow
-        } else {
-            Verdict::Deny
-        }
-    }
-
-    /// `allow` or `deny`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Allow => "allow",
-            Verdict::Deny => "deny",
-        }
-    }
-}
 
 /// A header value: one, or a list for a header sent several times.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -96,7 +69,7 @@ pub struct RequestRecord {
     pub expect: Option<Verdict>,
     /// The expected reason code (`allowed`, `policy_no_matching_rule`, `token_expired` ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect_reason: Option<String>,
+    pub expect_reason: Option<Reason>,
     /// The expected deciding rule id (or `default-deny`, or `-` when no rule decided).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_rule: Option<String>,
@@ -111,8 +84,8 @@ pub struct AuditLine {
     pub request_id: Option<String>,
     #[serde(default)]
     pub bundle: Option<String>,
-    pub decision: String,
-    pub reason: String,
+    pub decision: Verdict,
+    pub reason: Reason,
     #[serde(default)]
     pub rule: Option<String>,
     #[serde(default)]
@@ -149,19 +122,6 @@ pub enum Line {
     Skip,
 }
 
-/// The reason with this code.
-pub fn reason_from_code(code: &str) -> Option<Reason> {
-    Reason::ALL.into_iter().find(|r| r.code() == code)
-}
-
-/// Checks an expected reason code (a typo would otherwise never match).
-fn check_reason_code(code: &str) -> Result<(), String> {
-    match reason_from_code(code) {
-        Some(_) => Ok(()),
-        None => Err(format!("expect_reason: unknown reason code {code:?}")),
-    }
-}
-
 /// Parses one line.
 pub fn parse_line(text: &str) -> Result<Line, String> {
     let trimmed = text.trim();
@@ -180,9 +140,7 @@ pub fn parse_line(text: &str) -> Result<Line, String> {
     // Fast path for the plugin's own records, which lead with their type: one parse, no Value.
     if json.starts_with("{\"type\":\"decision\"") {
         if let Ok(audit) = serde_json::from_str::<AuditLine>(json) {
-            if reason_from_code(&audit.reason).is_some() {
-                return Ok(Line::Record(Box::new(Record::Audit(audit))));
-            }
+            return Ok(Line::Record(Box::new(Record::Audit(audit))));
         }
     }
     let value: Value = serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
@@ -195,18 +153,12 @@ pub fn parse_value(value: Value) -> Result<Line, String> {
         Some(Value::String(t)) if t == "decision" => {
             let audit: AuditLine =
                 serde_json::from_value(value).map_err(|e| format!("not a decision record: {e}"))?;
-            if reason_from_code(&audit.reason).is_none() {
-                return Err(format!("decision record with unknown reason code {:?}", audit.reason));
-            }
             Ok(Line::Record(Box::new(Record::Audit(audit))))
         }
         Some(_) => Ok(Line::Skip),
         None => {
             let request: RequestRecord =
                 serde_json::from_value(value).map_err(|e| format!("not a request record: {e}"))?;
-            if let Some(code) = &request.expect_reason {
-                check_reason_code(code)?;
-            }
             Ok(Line::Record(Box::new(Record::Request(request))))
         }
     }
@@ -244,17 +196,11 @@ impl Record {
             Record::Request(r)
                 if r.expect.is_some() || r.expect_reason.is_some() || r.expect_rule.is_some() =>
             {
-                Some(Expectation {
-                    decision: r.expect,
-                    reason: r.expect_reason.clone(),
-                    rule: r.expect_rule.clone(),
-                })
+                Some(Expectation { decision: r.expect, reason: r.expect_reason, rule: r.expect_rule.clone() })
             }
-            Record::Audit(a) if recorded => Some(Expectation {
-                decision: Some(if a.decision == "allow" { Verdict::Allow } else { Verdict::Deny }),
-                reason: Some(a.reason.clone()),
-                rule: a.rule.clone(),
-            }),
+            Record::Audit(a) if recorded => {
+                Some(Expectation { decision: Some(a.decision), reason: Some(a.reason), rule: a.rule.clone() })
+            }
             _ => None,
         }
     }
@@ -262,16 +208,15 @@ impl Record {
     /// The recorded decision of an audit record.
     pub fn recorded(&self) -> Option<Decision> {
         match self {
-            Record::Audit(a) => recorded_decision(a),
+            Record::Audit(a) => Some(recorded_decision(a)),
             Record::Request(_) => None,
         }
     }
 }
 
-fn recorded_decision(a: &AuditLine) -> Option<Decision> {
-    let reason = reason_from_code(&a.reason)?;
+fn recorded_decision(a: &AuditLine) -> Decision {
     let rule_id = a.rule.as_deref().filter(|r| *r != "-" && *r != "default-deny").map(str::to_owned);
-    Some(Decision { allowed: a.decision == "allow", reason, rule_id, break_glass: a.break_glass })
+    Decision { allowed: a.decision == Verdict::Allow, reason: a.reason, rule_id, break_glass: a.break_glass }
 }
 
 /// What a test author expects of a record.
@@ -280,7 +225,7 @@ pub struct Expectation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Verdict>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
 }
@@ -304,11 +249,11 @@ impl Expectation {
         let mut wrong = Vec::new();
         if let Some(want) = self.decision {
             if want != Verdict::of(d) {
-                wrong.push(format!("decision {} (got {})", want.as_str(), Verdict::of(d).as_str()));
+                wrong.push(format!("decision {} (got {})", want.word(), d.verdict().word()));
             }
         }
-        if let Some(want) = &self.reason {
-            if want != d.reason.code() {
+        if let Some(want) = self.reason {
+            if want != d.reason {
                 wrong.push(format!("reason {want} (got {})", d.reason.code()));
             }
         }
@@ -483,7 +428,7 @@ impl Bundle {
     }
 
     fn decide_audit(&self, a: &AuditLine) -> Replayed {
-        let recorded = recorded_decision(a).unwrap_or_else(|| Decision::deny(Reason::InternalError));
+        let recorded = recorded_decision(a);
         let mut replayed = Replayed {
             decision: recorded.clone(),
             dry_run: None,
@@ -716,7 +661,7 @@ pub fn decide(bundle: &mut Bundle, source: &Source, record: &Record) -> Result<R
 /// A decision as JSON: `{decision, reason, rule, status, break_glass}`.
 pub fn decision_json(d: &Decision) -> Value {
     serde_json::json!({
-        "decision": Verdict::of(d).as_str(),
+        "decision": d.verdict().word(),
         "reason": d.reason.code(),
         "rule": d.rule_label(),
         "status": if d.allowed { 200 } else { d.reason.http_status() },

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::bundle::Bundle;
 use super::progress::Progress;
-use super::records::{self, decision_json, Check, Input, Record, Replayed, Source, Verdict};
+use super::records::{self, decision_json, Check, Input, Record, Replayed, Source};
 use super::{json_line, Failure, Format};
 
 /// `meshward replay` arguments.
@@ -100,7 +100,7 @@ pub fn row(
         "{:<ws$} {:<W_RESULT$} {:<W_DECISION$} {:<W_REASON$} {:<wr$} {} as {}",
         source.to_string(),
         result,
-        Verdict::of(d).as_str(),
+        d.verdict().word(),
         d.reason.code(),
         d.rule_label(),
         r.request_line(record),
@@ -114,7 +114,7 @@ pub fn row(
     if let Some(dry) = &r.dry_run {
         line.push_str(&format!(
             "  [dry-run: {} {} by {}]",
-            Verdict::of(dry).as_str(),
+            dry.verdict().word(),
             dry.reason.code(),
             dry.rule_label()
         ));
@@ -122,7 +122,7 @@ pub fn row(
     if let Some(rec) = record.recorded().filter(|rec| rec != d) {
         line.push_str(&format!(
             "  [recorded: {} {} by {}]",
-            Verdict::of(&rec).as_str(),
+            rec.verdict().word(),
             rec.reason.code(),
             rec.rule_label()
         ));

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-use crate::decision::Reason;
+use crate::decision::{Reason, Verdict};
 use crate::engine::Outcome;
 
 /// Metric ids, defined once per VM.
@@ -39,14 +39,8 @@ impl Metrics {
     pub fn define() -> Self {
         let mut decisions = HashMap::new();
         for reason in Reason::ALL {
-            let outcomes: &[bool] = if reason == Reason::Allowed { &[true] } else { &[false] };
-            for &allowed in outcomes {
-                let outcome = if allowed { "allow" } else { "deny" };
-                if let Some(id) =
-                    counter(&format!("meshward.decisions_total.outcome.{outcome}.reason.{}", reason.code()))
-                {
-                    decisions.insert((allowed, reason), id);
-                }
+            if let Some(id) = counter(&reason.metric_name()) {
+                decisions.insert((reason.verdict() == Verdict::Allow, reason), id);
             }
         }
         Metrics {

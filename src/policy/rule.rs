@@ -20,6 +20,16 @@ pub enum Effect {
     Deny,
 }
 
+impl Effect {
+    /// The verdict of a rule with this effect.
+    pub fn verdict(self) -> crate::decision::Verdict {
+        match self {
+            Effect::Allow => crate::decision::Verdict::Allow,
+            Effect::Deny => crate::decision::Verdict::Deny,
+        }
+    }
+}
+
 /// Enforce a rule, or only evaluate and report it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
