@@ -180,6 +180,10 @@ pub struct LoadRecord<'a> {
     pub configure_ms: Option<u64>,
     /// The VM's linear memory after configuring, in bytes, when known.
     pub memory_bytes: Option<u64>,
+    /// Where RSA PKCS#1 v1.5 and ECDSA signatures are checked: `host` (Envoy's BoringSSL, through
+    /// `verify_signature`) or `wasm` (pure Rust); only in the plugin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_backend: Option<&'static str>,
 }
 
 /// SHA-256 of bytes, as lower-case hex.
@@ -203,6 +207,7 @@ impl<'a> LoadRecord<'a> {
                 error: None,
                 configure_ms: None,
                 memory_bytes: None,
+                signature_backend: None,
             },
             Err(e) => LoadRecord {
                 kind: "policy_refused",
@@ -215,6 +220,7 @@ impl<'a> LoadRecord<'a> {
                 error: Some(e.to_string()),
                 configure_ms: None,
                 memory_bytes: None,
+                signature_backend: None,
             },
         }
     }
@@ -222,6 +228,11 @@ impl<'a> LoadRecord<'a> {
     /// Adds what configuring cost: the time it took and the memory it left the VM with.
     pub fn with_cost(self, configure_ms: Option<u64>, memory_bytes: Option<u64>) -> Self {
         LoadRecord { configure_ms, memory_bytes, ..self }
+    }
+
+    /// Adds where signatures are checked (`host` or `wasm`).
+    pub fn with_signature_backend(self, backend: &'static str) -> Self {
+        LoadRecord { signature_backend: Some(backend), ..self }
     }
 
     /// The record as one JSON line.

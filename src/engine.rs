@@ -125,6 +125,11 @@ impl Engine {
         &self.issuers
     }
 
+    /// Has `host` check the RSA PKCS#1 v1.5 and ECDSA signatures (see [`crate::hostcrypto`]).
+    pub fn set_signature_host(&mut self, host: Box<dyn crate::hostcrypto::SignatureHost>) {
+        self.issuers.set_signature_host(host);
+    }
+
     /// Whether the audit record of this outcome is to be written (see [`AuditSampler`]).
     pub fn should_audit(&self, outcome: &Outcome) -> bool {
         self.sampler.keep(outcome)

@@ -10,6 +10,7 @@ pub mod claims;
 pub mod config;
 pub mod decision;
 pub mod engine;
+pub mod hostcrypto;
 pub mod policy;
 pub mod profile;
 pub mod remote;

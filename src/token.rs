@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use std::cell::RefCell;
 
 use crate::decision::Reason;
+use crate::hostcrypto::{self, HashFunction, HostCryptoError, HostKey, SignatureHost};
 use crate::profile::Profile;
 use crate::remote::{Fetch, FetchOutcome, RemoteJwksConfig, RemoteKeys};
 
@@ -153,6 +154,22 @@ impl PublicKey {
             PublicKey::HS512(k) => k.verify_token(token, options),
         }
     }
+
+    /// What a host signature check needs, for the algorithms the host does (PKCS#1 v1.5, ECDSA).
+    fn host_key(&self) -> Option<HostKey> {
+        let rsa = |hash, der: Result<Vec<u8>, jwt_simple::Error>| der.ok().map(|der| HostKey::rsa(hash, der));
+        let ec = |hash, der: Result<Vec<u8>, jwt_simple::Error>, len| {
+            der.ok().map(|d| HostKey::ecdsa(hash, d, len))
+        };
+        match self {
+            PublicKey::RS256(k) => rsa(HashFunction::Sha256, k.to_der()),
+            PublicKey::RS384(k) => rsa(HashFunction::Sha384, k.to_der()),
+            PublicKey::RS512(k) => rsa(HashFunction::Sha512, k.to_der()),
+            PublicKey::ES256(k) => ec(HashFunction::Sha256, k.to_der(), 32),
+            PublicKey::ES384(k) => ec(HashFunction::Sha384, k.to_der(), 48),
+            _ => None,
+        }
+    }
 }
 
 /// One usable verification key of an issuer.
@@ -160,6 +177,15 @@ struct VerifyKey {
     kid: Option<String>,
     alg: Algorithm,
     key: PublicKey,
+    /// The same key for a host signature check, when the host can check this algorithm.
+    host: Option<HostKey>,
+}
+
+impl VerifyKey {
+    fn new(kid: Option<String>, alg: Algorithm, key: PublicKey) -> Self {
+        let host = key.host_key();
+        VerifyKey { kid, alg, key, host }
+    }
 }
 
 /// The members of a JWK that matter for verification keys (RFC 7517, 7518, 8037).
@@ -201,7 +227,7 @@ fn keys_from_jwk(jwk: &Value, allowed: &[Algorithm], uses: &[&str]) -> Result<Ve
     };
     let fits = |alg: Algorithm| allowed.contains(&alg) && declared.is_none_or(|d| d == alg);
     let mut keys = Vec::new();
-    let mut push = |alg: Algorithm, key: PublicKey| keys.push(VerifyKey { kid: jwk.kid.clone(), alg, key });
+    let mut push = |alg: Algorithm, key: PublicKey| keys.push(VerifyKey::new(jwk.kid.clone(), alg, key));
     match (jwk.kty.as_str(), jwk.crv.as_deref()) {
         ("RSA", _) => {
             let (n, e) = (b64("n", &jwk.n)?, b64("e", &jwk.e)?);
@@ -316,7 +342,7 @@ impl Issuer {
                     Algorithm::HS384 => PublicKey::HS384(HS384Key::from_bytes(secret)),
                     _ => PublicKey::HS512(HS512Key::from_bytes(secret)),
                 };
-                keys.push(VerifyKey { kid: None, alg, key });
+                keys.push(VerifyKey::new(None, alg, key));
             }
         }
         if keys.is_empty() && spec.remote_jwks.is_none() {
@@ -548,12 +574,20 @@ pub fn scheme_token<'a>(values: &[&'a str], scheme: Option<&str>) -> Result<&'a 
 pub struct Issuers {
     issuers: Vec<Issuer>,
     max_token_bytes: usize,
+    /// Checks RSA PKCS#1 v1.5 and ECDSA signatures in the host when set (the filter, when Envoy
+    /// has `verify_signature`); the pure-Rust path otherwise.
+    signature_host: Option<Box<dyn SignatureHost>>,
 }
 
 impl Issuers {
     /// Groups the issuers; `max_token_bytes` bounds what is decoded at all.
     pub fn new(issuers: Vec<Issuer>, max_token_bytes: usize) -> Self {
-        Issuers { issuers, max_token_bytes }
+        Issuers { issuers, max_token_bytes, signature_host: None }
+    }
+
+    /// Has `host` check the signatures it can (RSA PKCS#1 v1.5, ECDSA); every other check stays here.
+    pub fn set_signature_host(&mut self, host: Box<dyn SignatureHost>) {
+        self.signature_host = Some(host);
     }
 
     /// The issuers, in configuration order.
@@ -662,12 +696,20 @@ impl Issuers {
         let mut claims = None;
         for key in candidates {
             tried = true;
-            match key.key.verify(token, options.clone()) {
+            let verified = match (&self.signature_host, &key.host) {
+                (Some(host), Some(host_key)) => {
+                    hostcrypto::verify_token(host.as_ref(), host_key, alg.name(), token, &options)
+                }
+                _ => key.key.verify(token, options.clone()),
+            };
+            match verified {
                 Ok(c) => {
                     claims = Some(c);
                     break;
                 }
                 Err(e) if is_bad_signature(&e) => continue,
+                // The host could not tell: deny, never fall through to another key or to valid.
+                Err(e) if e.is::<HostCryptoError>() => return Err(Reason::InternalError),
                 Err(e) => return Err(reason_for(&e)),
             }
         }

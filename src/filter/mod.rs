@@ -22,8 +22,10 @@ use crate::remote::FetchOutcome;
 
 mod metrics;
 mod request;
+mod signature;
 use metrics::Metrics;
 use request::OwnedRequest;
+use signature::EnvoySignatures;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -56,6 +58,8 @@ struct Root {
     shared: Rc<RefCell<Shared>>,
     /// Key fetches in flight: call token -> (issuer, path).
     fetches: HashMap<u32, (String, String)>,
+    /// Whether Envoy's `verify_signature` passed the probe (`Err`: why not); probed once per VM.
+    host_signatures: Option<Result<(), String>>,
 }
 
 impl Context for Root {
@@ -105,9 +109,25 @@ impl RootContext for Root {
         let configure_ms = now_millis().zip(started).map(|(end, start)| end.saturating_sub(start));
         let now = now_secs().unwrap_or(0);
         match compiled {
-            Ok((engine, warnings)) => {
-                let record =
-                    LoadRecord::new(&bytes, Ok(&engine), now).with_cost(configure_ms, Some(memory_bytes()));
+            Ok((mut engine, warnings)) => {
+                let host_signatures =
+                    self.host_signatures.get_or_insert_with(|| crate::hostcrypto::probe(&EnvoySignatures));
+                let backend = match host_signatures {
+                    Ok(()) => {
+                        engine.set_signature_host(Box::new(EnvoySignatures));
+                        "host"
+                    }
+                    Err(why) => {
+                        log(
+                            LogLevel::Warn,
+                            &format!("signatures checked in wasm: verify_signature unusable ({why})"),
+                        );
+                        "wasm"
+                    }
+                };
+                let record = LoadRecord::new(&bytes, Ok(&engine), now)
+                    .with_cost(configure_ms, Some(memory_bytes()))
+                    .with_signature_backend(backend);
                 log(LogLevel::Info, &record.to_json());
                 for warning in &warnings {
                     log(LogLevel::Warn, warning);
