@@ -93,15 +93,25 @@ fn stand_in_backend(port: u16) -> String {
     )
 }
 
-const ACCESS_LOG: &str = r#"          # Access log with meshward's audit record (filter state `wasm.meshward_audit`; `-` unless
-          # the bundle sets `settings.audit_filter_state` and the decision was audited).
+/// The JSON access log that `replay`, `diff`, `access` and `tighten` read (see
+/// `cli::accesslog`): one object per request, meshward's audit record as the `meshward` string.
+const ACCESS_LOG: &str = r#"          # JSON access log that `meshward replay|diff|access|tighten` read. `meshward` is the audit
+          # record (filter state `wasm.meshward_audit`): null unless the bundle sets
+          # `settings.audit_filter_state` and the decision was audited.
           access_log:
           - name: envoy.access_loggers.stdout
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
               log_format:
-                text_format_source:
-                  inline_string: "[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %DURATION%ms meshward=%FILTER_STATE(wasm.meshward_audit:PLAIN)%\n"
+                json_format:
+                  time: "%START_TIME%"
+                  method: "%REQ(:METHOD)%"
+                  authority: "%REQ(:AUTHORITY)%"
+                  path: "%REQ(:PATH)%"
+                  response_code: "%RESPONSE_CODE%"
+                  request_id: "%REQ(X-REQUEST-ID)%"
+                  peer: "%DOWNSTREAM_PEER_URI_SAN%"
+                  meshward: "%FILTER_STATE(wasm.meshward_audit:PLAIN)%"
 "#;
 
 /// A complete Envoy bootstrap: meshward on the ingress listener in front of the upstream (or a

@@ -116,17 +116,60 @@ fn audit_trail_access_log_and_metrics_account_for_every_request() {
     let denials = records.iter().filter(|r| r["decision"] == "deny").count();
     assert_eq!(denials, 4);
 
-    // Access log: one line per request; sampled-out decisions show `-`, the rest the record.
+    // Access log (JSON): one line per request; sampled-out decisions have no record (null), the
+    // rest the audit record as a string.
     // Envoy flushes access logs on an interval; wait for all of them.
-    let log =
-        envoy.wait_for_log(|log| log.lines().filter(|l| l.contains(" meshward=")).count() >= burst.len());
-    let access: Vec<&str> = log.lines().filter(|l| l.contains(" meshward=")).collect();
+    let access_lines = |log: &str| -> Vec<serde_json::Value> {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("response_code").is_some())
+            .collect()
+    };
+    let log = envoy.wait_for_log(|log| access_lines(log).len() >= burst.len());
+    let access = access_lines(&log);
     assert_eq!(access.len(), burst.len(), "{log}");
-    let with_record = access.iter().filter(|l| l.contains("meshward={\"type\":\"decision\"")).count();
-    assert_eq!(with_record, records.len());
-    assert!(access
+    let embedded: Vec<serde_json::Value> = access
         .iter()
-        .any(|l| l.contains("\"DELETE /data/0\" 200") && l.contains("\"break_glass\":true")));
+        .filter_map(|l| l["meshward"].as_str())
+        .map(|s| serde_json::from_str(s).expect("the meshward field is the audit record"))
+        .collect();
+    assert_eq!(embedded.len(), records.len());
+    assert!(embedded.iter().all(|r| r["type"] == "decision"));
+    assert!(access.iter().any(|l| l["method"] == "DELETE"
+        && l["path"] == "/data/0"
+        && l["response_code"] == 200
+        && l["meshward"].as_str().is_some_and(|m| m.contains("\"break_glass\":true"))));
+
+    // `meshward replay` reads that access log as it is: every line with a record decides as
+    // recorded; the sampled-out ones are reported as not re-derivable.
+    let dir = std::env::temp_dir().join(format!("meshward-e2e-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle_path = dir.join("bundle.json");
+    std::fs::write(&bundle_path, bundle.to_string()).unwrap();
+    let log_path = dir.join("access.log");
+    let lines: Vec<String> = access.iter().map(|v| v.to_string()).collect();
+    std::fs::write(&log_path, lines.join("\n") + "\n").unwrap();
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_meshward"))
+        .arg("replay")
+        .arg("--expect-recorded")
+        .arg("--policy")
+        .arg(&bundle_path)
+        .arg(&log_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&replay.stdout);
+    // The break-glass rule reads a claim the record does not carry: its expectation is "unknown",
+    // which is not a failure.
+    assert_eq!(replay.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(
+        stdout.contains(&format!("access-log lines: {} decided from their audit record", records.len())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("not re-derived: {} access-log lines without", burst.len() - records.len())),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 
     // Metrics count every decision, sampled or not.
     let mut expected = BTreeMap::new();

@@ -136,6 +136,9 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 "replayed {} records: {changed} changed ({to_deny} allow -> deny, {to_allow} deny -> allow, {rule_only} deciding rule only)",
                 stats.records
             )?;
+            for note in stats.underivable_notes() {
+                writeln!(out, "{note}")?;
+            }
             for ((a, b), group) in &ordered {
                 writeln!(out)?;
                 let s = if group.count == 1 { "" } else { "s" };
@@ -169,6 +172,7 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write) -> Result<(), Failure> {
                     "records": stats.records,
                     "skipped_lines": stats.skipped_lines,
                     "invalid_lines": stats.invalid_lines,
+                    "not_rederived": {"access_log_without_decision": stats.access_log_without_decision, "istio_text_lines": stats.istio_text_lines},
                     "changed": changed,
                     "allow_to_deny": to_deny,
                     "deny_to_allow": to_allow,

@@ -9,6 +9,7 @@
 //! Exit codes: 0 success, 1 a check or expectation failed, 2 bad usage or unreadable input.
 
 pub mod access;
+pub mod accesslog;
 pub mod bundle;
 pub mod check;
 pub mod corpus;

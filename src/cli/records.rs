@@ -12,8 +12,9 @@
 //!   [`Policy::evaluate`](crate::policy::Policy::evaluate). Audit records carry neither claims nor
 //!   headers nor the token's issue time; a decision that depends on them is flagged.
 //!
-//! Lines of an Envoy log that embed an audit record are read too; other lines are skipped and
-//! counted.
+//! Lines of an Envoy log that embed an audit record are read too, and so are the lines of the
+//! JSON access log `render envoy` configures (see [`super::accesslog`]); other lines are skipped
+//! and counted.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -156,6 +157,7 @@ pub fn parse_value(value: Value) -> Result<Line, String> {
             Ok(Line::Record(Box::new(Record::Audit(audit))))
         }
         Some(_) => Ok(Line::Skip),
+        None if super::accesslog::is_access_log(&value) => super::accesslog::parse(value),
         None => {
             let request: RequestRecord =
                 serde_json::from_value(value).map_err(|e| format!("not a request record: {e}"))?;
@@ -607,6 +609,27 @@ pub struct ReadStats {
     pub skipped_lines: u64,
     /// Invalid lines skipped with `--skip-invalid`.
     pub invalid_lines: u64,
+    /// JSON access-log lines read as their embedded audit record (counted in `audit_records` too).
+    pub access_log_records: u64,
+    /// JSON access-log lines without an audit record: their decision cannot be re-derived.
+    pub access_log_without_decision: u64,
+    /// Lines of Istio's default access log: no identity, their decision cannot be re-derived.
+    pub istio_text_lines: u64,
+}
+
+impl ReadStats {
+    /// What the user is told about log lines whose decisions cannot be re-derived.
+    pub fn underivable_notes(&self) -> Vec<String> {
+        use super::accesslog::Underivable;
+        [
+            (self.access_log_without_decision, Underivable::NoDecisionRecord),
+            (self.istio_text_lines, Underivable::IstioText),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, why)| format!("not re-derived: {n} {}", why.why()))
+        .collect()
+    }
 }
 
 /// Reads records from every input, in order, calling `each` for each; a bounded amount of memory is
@@ -631,9 +654,22 @@ pub fn for_each_record(
             progress.advance(consumed as u64, stats.records);
             let parsed = std::str::from_utf8(&buf).map_err(|_| "not UTF-8".to_string()).and_then(parse_line);
             match parsed {
-                Ok(Line::Skip) => stats.skipped_lines += 1,
+                Ok(Line::Skip) => {
+                    stats.skipped_lines += 1;
+                    let text = std::str::from_utf8(&buf).unwrap_or_default();
+                    match super::accesslog::classify_skipped(text) {
+                        Some(super::accesslog::Underivable::NoDecisionRecord) => {
+                            stats.access_log_without_decision += 1
+                        }
+                        Some(super::accesslog::Underivable::IstioText) => stats.istio_text_lines += 1,
+                        None => {}
+                    }
+                }
                 Ok(Line::Record(record)) => {
                     stats.records += 1;
+                    if super::accesslog::is_access_log_text(std::str::from_utf8(&buf).unwrap_or_default()) {
+                        stats.access_log_records += 1;
+                    }
                     match *record {
                         Record::Request(_) => stats.request_records += 1,
                         Record::Audit(_) => stats.audit_records += 1,

@@ -248,6 +248,8 @@ pub fn run(args: &ReplayArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 "audit_records": stats.audit_records,
                 "skipped_lines": stats.skipped_lines,
                 "invalid_lines": stats.invalid_lines,
+                "access_log_records": stats.access_log_records,
+                "not_rederived": {"access_log_without_decision": stats.access_log_without_decision, "istio_text_lines": stats.istio_text_lines},
                 "allowed": t.allowed,
                 "denied": t.denied,
                 "expectations": {"checked": t.checked, "passed": t.passed, "failed": t.failed, "unknown": t.unknown},
@@ -352,6 +354,12 @@ fn summary_text(
     }
     if stats.skipped_lines + stats.invalid_lines > 0 {
         writeln!(out, "skipped lines: {} not records, {} invalid", stats.skipped_lines, stats.invalid_lines)?;
+    }
+    if stats.access_log_records > 0 {
+        writeln!(out, "access-log lines: {} decided from their audit record", stats.access_log_records)?;
+    }
+    for note in stats.underivable_notes() {
+        writeln!(out, "{note}")?;
     }
     writeln!(out, "by reason: {}", counts(&t.by_reason))?;
     writeln!(out, "by rule: {}", counts(&t.by_rule))?;
