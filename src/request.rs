@@ -116,7 +116,10 @@ pub fn split_authority(authority: &str) -> Result<(String, Option<u16>), Reason>
             Some(rest) => (host, Some(rest.strip_prefix(':').ok_or(Reason::RequestMalformed)?)),
         }
     } else {
-        match authority.rsplit_once(':') {
+        // A name has no colon, and an IPv6 literal must be bracketed: anything else
+        // (`api.internal:1:443`, `::1`) has no single reading of host and port.
+        match authority.split_once(':') {
+            Some((_, port)) if port.contains(':') => return Err(Reason::RequestMalformed),
             Some((host, port)) => (host, Some(port)),
             None => (authority, None),
         }
@@ -197,12 +200,16 @@ mod tests {
         assert_eq!(target("GET", "h:", "/"), Err(Reason::RequestMalformed));
         assert_eq!(target("GET", "h:99999", "/"), Err(Reason::RequestMalformed));
         assert_eq!(target("GET", "[::1]junk", "/"), Err(Reason::RequestMalformed));
+        for several_colons in ["api.internal:1:443", "::1", "::1:443", "fe80::1", "a::", "[::1]:1:2"] {
+            assert_eq!(target("GET", several_colons, "/"), Err(Reason::RequestMalformed), "{several_colons}");
+        }
         assert_eq!(RequestTarget::new(Some("GET"), None, Some("/")), Err(Reason::RequestMalformed));
     }
 
     #[test]
     fn hosts_are_normalized() {
         assert_eq!(split_authority("[::1]:8080").unwrap(), ("[::1]".to_string(), Some(8080)));
+        assert_eq!(split_authority("[::1]").unwrap(), ("[::1]".to_string(), None));
         assert_eq!(split_authority("API.x:443").unwrap(), ("api.x".to_string(), Some(443)));
         assert_eq!(split_authority("api.x").unwrap(), ("api.x".to_string(), None));
         assert_eq!(normalize_host("API.example.com").unwrap(), "api.example.com");

@@ -1,8 +1,9 @@
 //! Patterns used by rules: hosts, identity globs and path templates with named captures.
 
 /// A host pattern: exact (case-insensitive), `*.suffix` (one or more labels), or `*` (any host).
-/// An exact host may name a port (`registry.internal:5000`); then only requests whose authority
-/// names that port match. Without a port, the request's port does not matter.
+/// An exact or suffix host may name a port (`registry.internal:5000`, `*.example.com:443`); then
+/// only requests whose authority names that port match. Without a port, the request's port does
+/// not matter.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostPattern {
     Any,
@@ -10,6 +11,8 @@ pub enum HostPattern {
     ExactPort(String, u16),
     /// The suffix including its leading dot, e.g. `.example.com`.
     Suffix(String),
+    /// A suffix and a port (`*.example.com:443`).
+    SuffixPort(String, u16),
 }
 
 impl HostPattern {
@@ -20,10 +23,17 @@ impl HostPattern {
             return Ok(HostPattern::Any);
         }
         if let Some(suffix) = lower.strip_prefix("*.") {
-            if suffix.is_empty() || suffix.contains('*') {
-                return Err(format!("invalid wildcard host {pattern:?}"));
+            let invalid = || format!("invalid wildcard host {pattern:?}");
+            if suffix.contains('*') || suffix.starts_with(['.', ':']) {
+                return Err(invalid());
             }
-            return Ok(HostPattern::Suffix(format!(".{suffix}")));
+            // The domain is split and checked as an authority would be, so that its key is the
+            // name alone, as requests are looked up (the port apart).
+            return match crate::request::split_authority(suffix) {
+                Ok((domain, None)) => Ok(HostPattern::Suffix(format!(".{domain}"))),
+                Ok((domain, Some(port))) => Ok(HostPattern::SuffixPort(format!(".{domain}"), port)),
+                Err(_) => Err(invalid()),
+            };
         }
         if lower.is_empty() || lower.contains('*') || lower.contains('/') {
             return Err(format!("invalid host {pattern:?}: use an exact name, `*.domain` or `*`"));
@@ -42,6 +52,9 @@ impl HostPattern {
             HostPattern::Exact(h) => h == host,
             HostPattern::ExactPort(h, p) => h == host && port == Some(*p),
             HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            HostPattern::SuffixPort(s, p) => {
+                host.len() > s.len() && host.ends_with(s.as_str()) && port == Some(*p)
+            }
         }
     }
 }
@@ -621,6 +634,15 @@ mod tests {
         assert!(!port.matches("registry.internal", Some(443)));
         assert!(!port.matches("registry.internal", None));
         assert!(HostPattern::parse("h:port").is_err());
+        let wild_port = HostPattern::parse("*.Other.org.:443").unwrap();
+        assert_eq!(wild_port, HostPattern::SuffixPort(".other.org".into(), 443));
+        assert!(wild_port.matches("a.other.org", Some(443)));
+        assert!(!wild_port.matches("a.other.org", Some(444)));
+        assert!(!wild_port.matches("a.other.org", None));
+        assert!(!wild_port.matches("other.org", Some(443)));
+        for bad in ["*.:443", "*..x", "*.x:", "*.x:1:2", "*.x:port", "*.a*b"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

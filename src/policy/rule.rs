@@ -386,6 +386,10 @@ impl Test {
     }
 }
 
+/// The most routes (paths) one rule may have: the index numbers them in 32 bits, and a bigger
+/// rule is better written as several.
+pub const MAX_ROUTES: usize = 1_000_000;
+
 /// Methods a route covers: a list, or any (`None`).
 #[derive(Clone, Debug)]
 pub struct Route {
@@ -525,6 +529,9 @@ impl Rule {
             }
         }
 
+        if routes.len() > MAX_ROUTES {
+            return Err(e("paths", format!("{} paths; a rule has at most {MAX_ROUTES}", routes.len())));
+        }
         let capture_names: HashSet<&str> = routes.iter().flat_map(|r| r.path.capture_names()).collect();
         let conditions = |list: &[ConditionConfig],
                           field: &str,
@@ -595,7 +602,8 @@ impl Rule {
                 return Err(e("expires_at", "must be after not_before".into()));
             }
         }
-        let host_ports = hosts.iter().any(|h| matches!(h, HostPattern::ExactPort(..)));
+        let host_ports =
+            hosts.iter().any(|h| matches!(h, HostPattern::ExactPort(..) | HostPattern::SuffixPort(..)));
         let mut rule = Rule {
             id: cfg.id,
             owner: cfg.owner,
