@@ -309,7 +309,7 @@ impl PathTemplate {
 
     /// An exact path.
     pub fn exact(path: &str) -> Result<Self, String> {
-        check_literal_path(path)?;
+        let path = literal_path(path)?;
         let segments = path.split('/').skip(1).map(|s| Segment::Literal(s.to_owned())).collect();
         Ok(PathTemplate::from_segments(segments))
     }
@@ -317,7 +317,7 @@ impl PathTemplate {
     /// A segment-aware prefix: `/v2/dev` matches `/v2/dev` and `/v2/dev/...`, not `/v2/devil`;
     /// `/v2/` matches everything below `/v2/`.
     pub fn prefix(path: &str) -> Result<Self, String> {
-        check_literal_path(path)?;
+        let path = literal_path(path)?;
         let mut segments: Vec<Segment> =
             path.trim_end_matches('/').split('/').skip(1).map(|s| Segment::Literal(s.to_owned())).collect();
         // The prefix itself, and anything below it.
@@ -361,8 +361,8 @@ impl PathTemplate {
                 if raw.contains(['{', '}', '*']) {
                     return Err(format!("segment {raw:?} of {path:?} mixes text and wildcards"));
                 }
-                check_literal_path(&format!("/{raw}"))?;
-                Segment::Literal(raw.to_owned())
+                let literal = literal_path(&format!("/{raw}"))?;
+                Segment::Literal(literal.get(1..).unwrap_or_default().to_owned())
             };
             segments.push(segment);
         }
@@ -560,12 +560,14 @@ fn fixed_segment<'p>(seg: &'p Segment, text: &'p str, captures: &mut Captures<'p
     }
 }
 
-fn check_literal_path(path: &str) -> Result<(), String> {
+/// A literal path of a rule, in the normal form requests are compared in
+/// ([`normalize_path`](crate::request::normalize_path)).
+fn literal_path(path: &str) -> Result<String, String> {
     if !path.starts_with('/') {
         return Err(format!("path {path:?} must start with `/`"));
     }
     match crate::request::check_path(path) {
-        Ok(checked) if checked == path => Ok(()),
+        Ok(checked) if checked == path => Ok(crate::request::normalize_path(path)),
         _ => Err(format!("path {path:?} can never match: requests like it are rejected")),
     }
 }
@@ -656,6 +658,19 @@ mod tests {
         assert!(slash.matches("/v2/x/y").is_some());
         assert!(slash.matches("/v3/").is_none());
         assert!(PathTemplate::prefix("/").unwrap().matches("/anything/at/all").is_some());
+    }
+
+    /// Issue 11 item 5: literals are compared in the normal form of requests.
+    #[test]
+    fn literals_are_normalized_like_requests() {
+        let normal = |p: &str| crate::request::normalize_path(p);
+        let exact = PathTemplate::exact("/p%3asetIamPolicy/%3f").unwrap();
+        assert!(exact.matches(&normal("/p:setIamPolicy/%3F")).is_some());
+        assert!(exact.matches(&normal("/p%3AsetIamPolicy/%3f")).is_some());
+        let template = PathTemplate::template("/v1/{name}/a%40b").unwrap();
+        assert!(template.matches(&normal("/v1/x/a@b")).is_some());
+        let prefix = PathTemplate::prefix("/a%2b").unwrap();
+        assert!(prefix.matches(&normal("/a+/x")).is_some());
     }
 
     #[test]
