@@ -485,6 +485,56 @@ fn every_registry_rule_allows_the_version_check() {
     );
 }
 
+/// Issue 11 item 8: capture conditions apply to the repository routes, never to the version
+/// check, which every registry allow rule grants.
+#[test]
+fn a_registry_rule_with_conditions_still_allows_the_version_check() {
+    let k = key();
+    let rules = json!([
+        {"id": "own-namespace", "hosts": ["*"], "registry": {"actions": ["pull"], "repositories": ["**"]},
+         "subjects": ["**"], "conditions": [{"capture": "repo", "starts_with": "${claim.ns}/"}]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "builder", json!({"ns": "team"}));
+    assert_eq!(Req::new("GET", "/v2/", Some(&t)).decide(&engine), allowed("own-namespace"));
+    assert_eq!(Req::new("HEAD", "/v2/", Some(&t)).decide(&engine), allowed("own-namespace"));
+    assert_eq!(
+        Req::new("GET", "/v2/team/app/manifests/1", Some(&t)).decide(&engine),
+        allowed("own-namespace")
+    );
+    assert_eq!(
+        Req::new("GET", "/v2/other/app/manifests/1", Some(&t)).decide(&engine),
+        denied(Reason::PolicyNoMatch)
+    );
+    assert_eq!(Req::new("PUT", "/v2/", Some(&t)).decide(&engine), denied(Reason::PolicyNoMatch));
+}
+
+/// Issue 11 item 7: `name/**` covers the repository `name` too, in allow and deny rules alike.
+#[test]
+fn repository_globs_cover_their_parent() {
+    let k = key();
+    let rules = json!([
+        {"id": "pull-all", "hosts": ["*"], "registry": {"actions": ["pull", "delete"], "repositories": ["**"]}, "subjects": ["**"]},
+        {"id": "prod-is-immutable", "effect": "deny", "hosts": ["*"], "registry": {"actions": ["delete"], "repositories": ["prod/**"]},
+         "subjects": ["**"]},
+        {"id": "push-dev", "hosts": ["*"], "registry": {"actions": ["push"], "repositories": ["dev/**"]}, "subjects": ["**"]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "builder", json!({}));
+    let immutable = (Reason::PolicyDenied, "prod-is-immutable".to_string());
+    assert_eq!(Req::new("DELETE", "/v2/prod/manifests/sha256:ab", Some(&t)).decide(&engine), immutable);
+    assert_eq!(Req::new("DELETE", "/v2/prod/a/manifests/sha256:ab", Some(&t)).decide(&engine), immutable);
+    assert_eq!(
+        Req::new("DELETE", "/v2/production/manifests/sha256:ab", Some(&t)).decide(&engine),
+        allowed("pull-all")
+    );
+    assert_eq!(Req::new("PUT", "/v2/dev/manifests/1", Some(&t)).decide(&engine), allowed("push-dev"));
+    assert_eq!(
+        Req::new("PUT", "/v2/devil/manifests/1", Some(&t)).decide(&engine),
+        denied(Reason::PolicyNoMatch)
+    );
+}
+
 /// Issue 11 item 1: a rule's 65,537th route is not filed as its first (a prefix) and allowed
 /// through the prefix's literal segments without its own template being checked.
 #[test]
