@@ -7,7 +7,7 @@
 use crate::decision::Reason;
 
 /// A request ready for policy: method as sent, host lower-cased without port or trailing dot (the
-/// port kept apart), path without the query string.
+/// port kept apart), path without the query string and in normal form ([`normalize_path`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestTarget {
     /// The HTTP method exactly as sent (case-sensitive, per RFC 9110).
@@ -16,7 +16,7 @@ pub struct RequestTarget {
     pub host: String,
     /// The port of the authority, if it named one.
     pub port: Option<u16>,
-    /// The path without query; never empty, always starting with `/`.
+    /// The path without query, normalized; never empty, always starting with `/`.
     pub path: String,
 }
 
@@ -29,9 +29,9 @@ impl RequestTarget {
             return Err(Reason::RequestMalformed);
         }
         let raw_path = path.ok_or(Reason::RequestMalformed)?;
-        let path = check_path(raw_path)?;
+        let path = normalize_path(check_path(raw_path)?);
         let (host, port) = split_authority(authority.unwrap_or(""))?;
-        Ok(RequestTarget { method: method.to_owned(), host, port, path: path.to_owned() })
+        Ok(RequestTarget { method: method.to_owned(), host, port, path })
     }
 }
 
@@ -96,6 +96,44 @@ pub fn check_path(raw: &str) -> Result<&str, Reason> {
     Ok(path)
 }
 
+/// Characters a path segment may hold both as they are and percent-encoded (RFC 3986 `pchar`
+/// minus the unreserved ones, which [`check_path`] refuses encoded, and `;`, refused either way).
+const DECODED_IN_PATHS: &[u8] = b"!$&'()*+,=:@";
+
+/// The normal form of a checked path, the one rules are compared with: `%XX` of a character that
+/// may also appear unencoded in a segment (`:`, `@`, `!`, `$`, `&`, `'`, `(`, `)`, `*`, `+`, `,`,
+/// `=`) is decoded, and every other `%XX` is written with upper-case hex digits. So
+/// `/p%3asetIamPolicy` and `/p:setIamPolicy` are the same path to every rule, as they are to an
+/// upstream that decodes paths; an upstream that does not decode sees a path no more encoded
+/// than the rule's. Rule literals are normalized the same way when compiled.
+pub fn normalize_path(path: &str) -> String {
+    if !path.contains('%') {
+        return path.to_owned();
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = (b == b'%').then(|| (bytes.get(i + 1).copied(), bytes.get(i + 2).copied()));
+        if let Some((Some(h), Some(l))) = hex {
+            if let (Some(hi), Some(lo)) = (hex_value(h), hex_value(l)) {
+                let decoded = hi * 16 + lo;
+                if DECODED_IN_PATHS.contains(&decoded) {
+                    out.push(decoded);
+                } else {
+                    out.extend_from_slice(&[b'%', h.to_ascii_uppercase(), l.to_ascii_uppercase()]);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    // Only ASCII sequences were replaced by ASCII, so the text stays UTF-8.
+    String::from_utf8(out).unwrap_or_else(|_| path.to_owned())
+}
+
 fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -116,7 +154,10 @@ pub fn split_authority(authority: &str) -> Result<(String, Option<u16>), Reason>
             Some(rest) => (host, Some(rest.strip_prefix(':').ok_or(Reason::RequestMalformed)?)),
         }
     } else {
-        match authority.rsplit_once(':') {
+        // A name has no colon, and an IPv6 literal must be bracketed: anything else
+        // (`api.internal:1:443`, `::1`) has no single reading of host and port.
+        match authority.split_once(':') {
+            Some((_, port)) if port.contains(':') => return Err(Reason::RequestMalformed),
             Some((host, port)) => (host, Some(port)),
             None => (authority, None),
         }
@@ -154,6 +195,21 @@ mod tests {
         assert_eq!(t.host, "registry.internal");
         assert_eq!(t.path, "/v2/dev/app/manifests/1.0");
         assert_eq!(target("GET", "h", "/a%20b/").unwrap().path, "/a%20b/");
+    }
+
+    /// Issue 11 item 5: an encoded character a rule literal could contain compares as itself.
+    #[test]
+    fn paths_are_compared_in_normal_form() {
+        for (raw, normal) in [
+            ("/v1/projects/p%3AsetIamPolicy", "/v1/projects/p:setIamPolicy"),
+            ("/v1/projects/p%3asetIamPolicy", "/v1/projects/p:setIamPolicy"),
+            ("/u/a%40b%2Bc%21%24%26%27%28%29%2A%2C%3D", "/u/a@b+c!$&'()*,="),
+            ("/a%20b%3f", "/a%20b%3F"),
+            ("/a%5b%5D%7b%7C", "/a%5B%5D%7B%7C"),
+            ("/plain:path@x", "/plain:path@x"),
+        ] {
+            assert_eq!(target("GET", "h", raw).map(|t| t.path), Ok(normal.to_string()), "{raw}");
+        }
     }
 
     #[test]
@@ -197,12 +253,16 @@ mod tests {
         assert_eq!(target("GET", "h:", "/"), Err(Reason::RequestMalformed));
         assert_eq!(target("GET", "h:99999", "/"), Err(Reason::RequestMalformed));
         assert_eq!(target("GET", "[::1]junk", "/"), Err(Reason::RequestMalformed));
+        for several_colons in ["api.internal:1:443", "::1", "::1:443", "fe80::1", "a::", "[::1]:1:2"] {
+            assert_eq!(target("GET", several_colons, "/"), Err(Reason::RequestMalformed), "{several_colons}");
+        }
         assert_eq!(RequestTarget::new(Some("GET"), None, Some("/")), Err(Reason::RequestMalformed));
     }
 
     #[test]
     fn hosts_are_normalized() {
         assert_eq!(split_authority("[::1]:8080").unwrap(), ("[::1]".to_string(), Some(8080)));
+        assert_eq!(split_authority("[::1]").unwrap(), ("[::1]".to_string(), None));
         assert_eq!(split_authority("API.x:443").unwrap(), ("api.x".to_string(), Some(443)));
         assert_eq!(split_authority("api.x").unwrap(), ("api.x".to_string(), None));
         assert_eq!(normalize_host("API.example.com").unwrap(), "api.example.com");

@@ -155,6 +155,13 @@ fn registry_bundle_time_bound_partner_and_break_glass() {
     assert_eq!(request("/v2/dev/web/manifests/sha256:ab", &no_ticket).reason, Reason::PolicyNoMatch);
     let d = request("/v2/prod/web/manifests/sha256:ab", &oncall);
     assert_eq!((d.reason, d.rule_label()), (Reason::PolicyDenied, "prod-is-immutable"));
+    // Issue 11 item 7: `prod/**` covers the repository `prod` itself, as the rule's name says.
+    for path in ["/v2/prod/manifests/sha256:ab", "/v2/prod/blobs/sha256:ab", "/v2/prod/blobs/uploads/5f2c"] {
+        let d = request(path, &oncall);
+        assert_eq!((d.reason, d.rule_label()), (Reason::PolicyDenied, "prod-is-immutable"), "{path}");
+    }
+    // ... but not a repository that merely starts with the same letters.
+    assert!(request("/v2/production/manifests/sha256:ab", &oncall).allowed);
 }
 
 /// Tokens for the payments example: workload JWT-SVIDs and human access tokens, all signed with the

@@ -484,3 +484,108 @@ fn every_registry_rule_allows_the_version_check() {
         (Reason::PolicyDenied, "no-prod-deletes".into())
     );
 }
+
+/// Issue 11 item 8: capture conditions apply to the repository routes, never to the version
+/// check, which every registry allow rule grants.
+#[test]
+fn a_registry_rule_with_conditions_still_allows_the_version_check() {
+    let k = key();
+    let rules = json!([
+        {"id": "own-namespace", "hosts": ["*"], "registry": {"actions": ["pull"], "repositories": ["**"]},
+         "subjects": ["**"], "conditions": [{"capture": "repo", "starts_with": "${claim.ns}/"}]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "builder", json!({"ns": "team"}));
+    assert_eq!(Req::new("GET", "/v2/", Some(&t)).decide(&engine), allowed("own-namespace"));
+    assert_eq!(Req::new("HEAD", "/v2/", Some(&t)).decide(&engine), allowed("own-namespace"));
+    assert_eq!(
+        Req::new("GET", "/v2/team/app/manifests/1", Some(&t)).decide(&engine),
+        allowed("own-namespace")
+    );
+    assert_eq!(
+        Req::new("GET", "/v2/other/app/manifests/1", Some(&t)).decide(&engine),
+        denied(Reason::PolicyNoMatch)
+    );
+    assert_eq!(Req::new("PUT", "/v2/", Some(&t)).decide(&engine), denied(Reason::PolicyNoMatch));
+}
+
+/// Issue 11 item 7: `name/**` covers the repository `name` too, in allow and deny rules alike.
+#[test]
+fn repository_globs_cover_their_parent() {
+    let k = key();
+    let rules = json!([
+        {"id": "pull-all", "hosts": ["*"], "registry": {"actions": ["pull", "delete"], "repositories": ["**"]}, "subjects": ["**"]},
+        {"id": "prod-is-immutable", "effect": "deny", "hosts": ["*"], "registry": {"actions": ["delete"], "repositories": ["prod/**"]},
+         "subjects": ["**"]},
+        {"id": "push-dev", "hosts": ["*"], "registry": {"actions": ["push"], "repositories": ["dev/**"]}, "subjects": ["**"]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "builder", json!({}));
+    let immutable = (Reason::PolicyDenied, "prod-is-immutable".to_string());
+    assert_eq!(Req::new("DELETE", "/v2/prod/manifests/sha256:ab", Some(&t)).decide(&engine), immutable);
+    assert_eq!(Req::new("DELETE", "/v2/prod/a/manifests/sha256:ab", Some(&t)).decide(&engine), immutable);
+    assert_eq!(
+        Req::new("DELETE", "/v2/production/manifests/sha256:ab", Some(&t)).decide(&engine),
+        allowed("pull-all")
+    );
+    assert_eq!(Req::new("PUT", "/v2/dev/manifests/1", Some(&t)).decide(&engine), allowed("push-dev"));
+    assert_eq!(
+        Req::new("PUT", "/v2/devil/manifests/1", Some(&t)).decide(&engine),
+        denied(Reason::PolicyNoMatch)
+    );
+}
+
+/// Issue 11 item 1: a rule's 65,537th route is not filed as its first (a prefix) and allowed
+/// through the prefix's literal segments without its own template being checked.
+#[test]
+fn a_rule_with_more_than_65536_routes_keeps_every_route_apart() {
+    let k = key();
+    let mut paths = vec![json!({"prefix": "/pub"})];
+    paths.extend((0..65_535).map(|i| json!({"exact": format!("/e/{i}")})));
+    paths.push(json!({"template": "/admin/{id}/read"}));
+    let rules =
+        json!([{"id": "big", "hosts": ["*"], "methods": ["GET"], "paths": paths, "subjects": ["**"]}]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "svc", json!({}));
+    assert_eq!(Req::new("GET", "/admin/1/delete", Some(&t)).decide(&engine), denied(Reason::PolicyNoMatch));
+    assert_eq!(Req::new("GET", "/admin/1/read", Some(&t)).decide(&engine), allowed("big"));
+    assert_eq!(Req::new("GET", "/pub/x", Some(&t)).decide(&engine), allowed("big"));
+    assert_eq!(Req::new("GET", "/e/65534", Some(&t)).decide(&engine), allowed("big"));
+}
+
+/// Issue 11 items 2 and 3: `*.domain:port` matches that port of names below the domain, and an
+/// authority with several colons (or an unbracketed IPv6 address) is malformed.
+#[test]
+fn wildcard_hosts_with_a_port_and_authorities_with_several_colons() {
+    let k = key();
+    let rules = json!([
+        {"id": "deny-other", "effect": "deny", "hosts": ["*.other.org:443"], "methods": ["*"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
+        {"id": "wild-port", "hosts": ["*.svc.test:8443"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
+        {"id": "any", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/open"}], "subjects": ["**"]},
+        {"id": "deny-internal", "effect": "deny", "hosts": ["api.internal"], "methods": ["*"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "svc", json!({}));
+    for (host, path, expect) in [
+        ("a.other.org:443", "/open", (Reason::PolicyDenied, "deny-other".into())),
+        ("a.b.other.org:443", "/open", (Reason::PolicyDenied, "deny-other".into())),
+        ("a.other.org:444", "/open", allowed("any")),
+        ("other.org:443", "/open", allowed("any")),
+        ("a.svc.test:8443", "/x", allowed("wild-port")),
+        ("A.B.SVC.test.:8443", "/x", allowed("wild-port")),
+        ("a.svc.test:443", "/x", denied(Reason::PolicyNoMatch)),
+        ("a.svc.test", "/x", denied(Reason::PolicyNoMatch)),
+        ("svc.test:8443", "/x", denied(Reason::PolicyNoMatch)),
+        ("api.internal:1:443", "/open", denied(Reason::RequestMalformed)),
+        ("::1", "/open", denied(Reason::RequestMalformed)),
+        ("::1:443", "/open", denied(Reason::RequestMalformed)),
+        ("fe80::1", "/open", denied(Reason::RequestMalformed)),
+        ("[::1]:443", "/open", allowed("any")),
+        ("[::1]", "/open", allowed("any")),
+        ("api.internal:443", "/open", (Reason::PolicyDenied, "deny-internal".into())),
+    ] {
+        let mut r = Req::new("GET", path, Some(&t));
+        r.host = host;
+        assert_eq!(r.decide(&engine), expect, "{host}{path}");
+    }
+}

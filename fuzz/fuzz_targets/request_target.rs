@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use meshward::policy::pattern::{Glob, HostPattern, PathTemplate};
-use meshward::request::{check_path, split_authority, RequestTarget};
+use meshward::request::{check_path, normalize_path, split_authority, RequestTarget};
 
 fn checked_path_properties(raw: &str) {
     let Ok(path) = check_path(raw) else { return };
@@ -85,7 +85,9 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(target) = RequestTarget::new(method, authority, path) {
         let (path, authority) = (path.unwrap_or_default(), authority.unwrap_or_default());
-        assert_eq!(check_path(path), Ok(target.path.as_str()));
+        assert_eq!(check_path(path).map(normalize_path), Ok(target.path.clone()));
+        // The normal form is a fixed point, and still a path `check_path` accepts.
+        assert_eq!(check_path(&target.path).map(normalize_path).as_ref(), Ok(&target.path));
         assert_eq!(split_authority(authority), Ok((target.host.clone(), target.port)));
         assert!(!target.method.is_empty() && !target.method.eq_ignore_ascii_case("CONNECT"));
     }

@@ -20,7 +20,7 @@ use foldhash::HashMap;
 pub use pattern::{Glob, HostPattern, PathTemplate};
 use rule::Found;
 pub use rule::{
-    ConditionConfig, Effect, Mode, PathConfig, RegistryConfig, Route, Rule, RuleConfig, Timestamp,
+    ConditionConfig, Effect, Mode, PathConfig, RegistryConfig, Route, Rule, RuleConfig, Timestamp, MAX_ROUTES,
 };
 
 use crate::decision::{Decision, Reason};
@@ -67,17 +67,27 @@ pub struct Policy {
     index: Index,
     /// Header names some condition reads: such a header arriving twice denies the request.
     condition_headers: HashSet<String>,
+    /// A rule or route could not be numbered for the index: every request is denied.
+    unnumbered: bool,
 }
 
 impl Policy {
     /// Compiles rules, in bundle order.
     pub fn new(rules: Vec<Rule>) -> Self {
         let mut filings = Vec::new();
+        let mut unnumbered = false;
         let mut condition_headers = HashSet::new();
         for (r, rule) in rules.iter().enumerate() {
             condition_headers.extend(rule.header_names().map(str::to_owned));
-            for (route_id, route) in rule.routes().iter().enumerate() {
-                let entry = Entry { rule: r as u32, route: route_id as u16 };
+            // Rules and routes are numbered in 32 bits, never cut short: a rule has at most
+            // MAX_ROUTES routes (`Rule::compile`), and more than 2^32 rules cannot fit in memory;
+            // were it to happen, the policy denies everything rather than lose a rule.
+            let (Ok(rule_no), Ok(routes)) = (u32::try_from(r), u32::try_from(rule.routes().len())) else {
+                unnumbered = true;
+                continue;
+            };
+            for (route_id, route) in (0..routes).zip(rule.routes()) {
+                let entry = Entry { rule: rule_no, route: route_id };
                 let prefix: Vec<&str> = route.path.literal_prefix().collect();
                 let methods: Vec<Option<&str>> = match &route.methods {
                     None => vec![None],
@@ -91,7 +101,7 @@ impl Policy {
             }
         }
         let index = Index::build(filings);
-        Policy { rules, index, condition_headers }
+        Policy { rules, index, condition_headers, unnumbered }
     }
 
     /// Whether any rule reads the mTLS peer identity (so the filter fetches it only then).
@@ -106,6 +116,9 @@ impl Policy {
 
     /// Decides a request.
     pub fn evaluate(&self, input: &PolicyInput<'_>) -> Evaluation {
+        if self.unnumbered {
+            return Evaluation { decision: Decision::deny(Reason::InternalError), dry_run: None };
+        }
         if let Some(reason) = self.repeated_condition_header(input.headers) {
             return Evaluation { decision: Decision::deny(reason), dry_run: None };
         }
@@ -196,7 +209,7 @@ impl Verdict {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
     rule: u32,
-    route: u16,
+    route: u32,
 }
 
 /// Host -> method -> path trie. What it hands out for a request is exactly the (rule, route)
@@ -249,7 +262,7 @@ enum HostTable {
 fn host_key(host: &HostPattern) -> (HostTable, &str) {
     match host {
         HostPattern::Exact(h) | HostPattern::ExactPort(h, _) => (HostTable::Exact, h),
-        HostPattern::Suffix(s) => (HostTable::Suffix, s),
+        HostPattern::Suffix(s) | HostPattern::SuffixPort(s, _) => (HostTable::Suffix, s),
         HostPattern::Any => (HostTable::Any, ""),
     }
 }

@@ -1,8 +1,9 @@
 //! Patterns used by rules: hosts, identity globs and path templates with named captures.
 
 /// A host pattern: exact (case-insensitive), `*.suffix` (one or more labels), or `*` (any host).
-/// An exact host may name a port (`registry.internal:5000`); then only requests whose authority
-/// names that port match. Without a port, the request's port does not matter.
+/// An exact or suffix host may name a port (`registry.internal:5000`, `*.example.com:443`); then
+/// only requests whose authority names that port match. Without a port, the request's port does
+/// not matter.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostPattern {
     Any,
@@ -10,6 +11,8 @@ pub enum HostPattern {
     ExactPort(String, u16),
     /// The suffix including its leading dot, e.g. `.example.com`.
     Suffix(String),
+    /// A suffix and a port (`*.example.com:443`).
+    SuffixPort(String, u16),
 }
 
 impl HostPattern {
@@ -20,10 +23,17 @@ impl HostPattern {
             return Ok(HostPattern::Any);
         }
         if let Some(suffix) = lower.strip_prefix("*.") {
-            if suffix.is_empty() || suffix.contains('*') {
-                return Err(format!("invalid wildcard host {pattern:?}"));
+            let invalid = || format!("invalid wildcard host {pattern:?}");
+            if suffix.contains('*') || suffix.starts_with(['.', ':']) {
+                return Err(invalid());
             }
-            return Ok(HostPattern::Suffix(format!(".{suffix}")));
+            // The domain is split and checked as an authority would be, so that its key is the
+            // name alone, as requests are looked up (the port apart).
+            return match crate::request::split_authority(suffix) {
+                Ok((domain, None)) => Ok(HostPattern::Suffix(format!(".{domain}"))),
+                Ok((domain, Some(port))) => Ok(HostPattern::SuffixPort(format!(".{domain}"), port)),
+                Err(_) => Err(invalid()),
+            };
         }
         if lower.is_empty() || lower.contains('*') || lower.contains('/') {
             return Err(format!("invalid host {pattern:?}: use an exact name, `*.domain` or `*`"));
@@ -42,6 +52,9 @@ impl HostPattern {
             HostPattern::Exact(h) => h == host,
             HostPattern::ExactPort(h, p) => h == host && port == Some(*p),
             HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            HostPattern::SuffixPort(s, p) => {
+                host.len() > s.len() && host.ends_with(s.as_str()) && port == Some(*p)
+            }
         }
     }
 }
@@ -296,7 +309,7 @@ impl PathTemplate {
 
     /// An exact path.
     pub fn exact(path: &str) -> Result<Self, String> {
-        check_literal_path(path)?;
+        let path = literal_path(path)?;
         let segments = path.split('/').skip(1).map(|s| Segment::Literal(s.to_owned())).collect();
         Ok(PathTemplate::from_segments(segments))
     }
@@ -304,7 +317,7 @@ impl PathTemplate {
     /// A segment-aware prefix: `/v2/dev` matches `/v2/dev` and `/v2/dev/...`, not `/v2/devil`;
     /// `/v2/` matches everything below `/v2/`.
     pub fn prefix(path: &str) -> Result<Self, String> {
-        check_literal_path(path)?;
+        let path = literal_path(path)?;
         let mut segments: Vec<Segment> =
             path.trim_end_matches('/').split('/').skip(1).map(|s| Segment::Literal(s.to_owned())).collect();
         // The prefix itself, and anything below it.
@@ -348,8 +361,8 @@ impl PathTemplate {
                 if raw.contains(['{', '}', '*']) {
                     return Err(format!("segment {raw:?} of {path:?} mixes text and wildcards"));
                 }
-                check_literal_path(&format!("/{raw}"))?;
-                Segment::Literal(raw.to_owned())
+                let literal = literal_path(&format!("/{raw}"))?;
+                Segment::Literal(literal.get(1..).unwrap_or_default().to_owned())
             };
             segments.push(segment);
         }
@@ -547,12 +560,14 @@ fn fixed_segment<'p>(seg: &'p Segment, text: &'p str, captures: &mut Captures<'p
     }
 }
 
-fn check_literal_path(path: &str) -> Result<(), String> {
+/// A literal path of a rule, in the normal form requests are compared in
+/// ([`normalize_path`](crate::request::normalize_path)).
+fn literal_path(path: &str) -> Result<String, String> {
     if !path.starts_with('/') {
         return Err(format!("path {path:?} must start with `/`"));
     }
     match crate::request::check_path(path) {
-        Ok(checked) if checked == path => Ok(()),
+        Ok(checked) if checked == path => Ok(crate::request::normalize_path(path)),
         _ => Err(format!("path {path:?} can never match: requests like it are rejected")),
     }
 }
@@ -621,6 +636,15 @@ mod tests {
         assert!(!port.matches("registry.internal", Some(443)));
         assert!(!port.matches("registry.internal", None));
         assert!(HostPattern::parse("h:port").is_err());
+        let wild_port = HostPattern::parse("*.Other.org.:443").unwrap();
+        assert_eq!(wild_port, HostPattern::SuffixPort(".other.org".into(), 443));
+        assert!(wild_port.matches("a.other.org", Some(443)));
+        assert!(!wild_port.matches("a.other.org", Some(444)));
+        assert!(!wild_port.matches("a.other.org", None));
+        assert!(!wild_port.matches("other.org", Some(443)));
+        for bad in ["*.:443", "*..x", "*.x:", "*.x:1:2", "*.x:port", "*.a*b"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -634,6 +658,19 @@ mod tests {
         assert!(slash.matches("/v2/x/y").is_some());
         assert!(slash.matches("/v3/").is_none());
         assert!(PathTemplate::prefix("/").unwrap().matches("/anything/at/all").is_some());
+    }
+
+    /// Issue 11 item 5: literals are compared in the normal form of requests.
+    #[test]
+    fn literals_are_normalized_like_requests() {
+        let normal = |p: &str| crate::request::normalize_path(p);
+        let exact = PathTemplate::exact("/p%3asetIamPolicy/%3f").unwrap();
+        assert!(exact.matches(&normal("/p:setIamPolicy/%3F")).is_some());
+        assert!(exact.matches(&normal("/p%3AsetIamPolicy/%3f")).is_some());
+        let template = PathTemplate::template("/v1/{name}/a%40b").unwrap();
+        assert!(template.matches(&normal("/v1/x/a@b")).is_some());
+        let prefix = PathTemplate::prefix("/a%2b").unwrap();
+        assert!(prefix.matches(&normal("/a+/x")).is_some());
     }
 
     #[test]

@@ -15,8 +15,9 @@ pub enum RegistryAction {
     Push,
     /// Delete manifests, blobs and uploads.
     Delete,
-    /// Copy a release into the covered repositories: the write routes of `push`, meant for rules
-    /// that also demand a fresh token (`max_token_age_seconds`) and a release identity.
+    /// Copy a release into the covered repositories: the same routes as `push` (a copy checks
+    /// what exists before it writes), meant for rules that also demand a fresh token
+    /// (`max_token_age_seconds`) and a release identity.
     Promote,
 }
 

@@ -131,7 +131,8 @@ pub enum PathConfig {
 pub struct RegistryConfig {
     /// `pull`, `push`, `delete`, `promote`.
     pub actions: Vec<RegistryAction>,
-    /// Repository globs (`dev/**`, `team/*`); `*` stays within one path segment.
+    /// Repository globs (`dev/**`, `team/*`); `*` stays within one path segment, and `name/**`
+    /// covers `name` itself too.
     pub repositories: Vec<String>,
 }
 
@@ -200,7 +201,8 @@ pub struct RuleConfig {
     /// The rule is inactive after this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
-    /// Hosts: exact names, `*.domain` or `*`; case-insensitive, port ignored.
+    /// Hosts: exact names, `*.domain` or `*`, each optionally with `:port` (then only that port);
+    /// case-insensitive.
     pub hosts: Vec<String>,
     /// HTTP methods, exact and case-sensitive (`GET`, `PUT` ...), or `*`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -396,6 +398,10 @@ impl Test {
     }
 }
 
+/// The most routes (paths) one rule may have: the index numbers them in 32 bits, and a bigger
+/// rule is better written as several.
+pub const MAX_ROUTES: usize = 1_000_000;
+
 /// Methods a route covers: a list, or any (`None`).
 #[derive(Clone, Debug)]
 pub struct Route {
@@ -439,6 +445,9 @@ pub struct Rule {
     needs_token: bool,
     /// Whether a host pattern names a port (which the index does not look at).
     host_ports: bool,
+    /// A registry allow rule's `GET`/`HEAD /v2/` route: granted whatever the capture conditions
+    /// say (it captures no repository for them to test).
+    version_check: Option<usize>,
 }
 
 impl Rule {
@@ -464,6 +473,7 @@ impl Rule {
 
         let mut routes = Vec::new();
         let mut repositories = Vec::new();
+        let mut version_check = None;
         match &cfg.registry {
             Some(reg) => {
                 if !cfg.methods.is_empty() || !cfg.paths.is_empty() {
@@ -479,12 +489,18 @@ impl Rule {
                     return Err(e("registry.repositories", "must not be empty (use \"**\" for all)".into()));
                 }
                 for (j, r) in reg.repositories.iter().enumerate() {
-                    repositories
-                        .push(Glob::new(r).map_err(|m| e(&format!("registry.repositories[{j}]"), m))?);
+                    let at = || format!("registry.repositories[{j}]");
+                    repositories.push(Glob::new(r).map_err(|m| e(&at(), m))?);
+                    // `prod/**` is the repository `prod` and everything below it (as a path
+                    // prefix covers itself): a deny on `prod/**` must not miss `prod`.
+                    if let Some(parent) = r.strip_suffix("/**").filter(|p| !p.is_empty()) {
+                        repositories.push(Glob::new(parent).map_err(|m| e(&at(), m))?);
+                    }
                 }
                 // Clients check the API version first; an allow rule grants it. A deny rule is about
                 // its actions' routes only, never the version check.
                 if cfg.effect == Effect::Allow {
+                    version_check = Some(routes.len());
                     routes.push(Route {
                         methods: Some(vec!["GET".into(), "HEAD".into()]),
                         path: PathTemplate::exact(registry::BASE).map_err(|m| e("registry", m))?,
@@ -535,6 +551,9 @@ impl Rule {
             }
         }
 
+        if routes.len() > MAX_ROUTES {
+            return Err(e("paths", format!("{} paths; a rule has at most {MAX_ROUTES}", routes.len())));
+        }
         let capture_names: HashSet<&str> = routes.iter().flat_map(|r| r.path.capture_names()).collect();
         let conditions = |list: &[ConditionConfig],
                           field: &str,
@@ -605,7 +624,8 @@ impl Rule {
                 return Err(e("expires_at", "must be after not_before".into()));
             }
         }
-        let host_ports = hosts.iter().any(|h| matches!(h, HostPattern::ExactPort(..)));
+        let host_ports =
+            hosts.iter().any(|h| matches!(h, HostPattern::ExactPort(..) | HostPattern::SuffixPort(..)));
         let mut rule = Rule {
             id: cfg.id,
             owner: cfg.owner,
@@ -629,6 +649,7 @@ impl Rule {
             captures,
             needs_token,
             host_ports,
+            version_check,
         };
         // Parsed and built vectors carry spare capacity (a one-element Vec holds four): a large
         // bundle's rules take a quarter less memory without it. (Shrinking in place is cheap; a
@@ -697,6 +718,7 @@ impl Rule {
         input: &PolicyInput<'_>,
         found: Found,
     ) -> Result<(), Miss> {
+        let version_check = self.version_check == Some(route);
         let route = self.routes.get(route).ok_or(Miss::Route)?;
         let target = input.target;
         let indexed = found == Found::Indexed;
@@ -744,7 +766,7 @@ impl Rule {
             let token = input.token.ok_or(Miss::NoToken)?;
             self.check_token(token, input.now)?;
         }
-        for (n, (name, test)) in self.captures.iter().enumerate() {
+        for (n, (name, test)) in self.captures.iter().enumerate().filter(|_| !version_check) {
             if !test.holds_text(capture(&captures, name), input.token, input.peer) {
                 return Err(Miss::Capture(n));
             }
