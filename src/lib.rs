@@ -37,5 +37,5 @@ mod filter;
 
 pub use config::{BundleConfig, ConfigError};
 pub use decision::{Decision, Reason};
-pub use engine::{Engine, HttpRequest, Outcome};
+pub use engine::{Engine, HttpRequest, Outcome, RecordedIdentity};
 pub use token::VerifiedToken;
