@@ -489,6 +489,45 @@ fn replay_reads_the_plugins_audit_records_and_envoy_logs() {
     assert!(r.stdout.contains("audit records: 4 decided as recorded, 2 differently"), "{}", r.stdout);
 }
 
+/// Audit records are decided by the engine's own steps: a bundle that revokes an identity, or no
+/// longer trusts its issuer, refuses the recorded requests of that identity.
+#[test]
+fn replay_decides_audit_records_with_the_bundles_revocations_and_issuers() {
+    let dir = scratch();
+    let path = write(&dir, "audit.jsonl", &plugin_audit_lines().join("\n"));
+    let denials = |stdout: &str, reason: &str| {
+        stdout.lines().filter(|l| l.contains(&format!("deny     {reason}"))).count()
+    };
+
+    let mut revoking = registry_json();
+    revoking["revoked"] = json!({"subjects": ["spiffe://example.internal/ci/builder/web"], "token_ids": ["jti-spiffe://example.internal/oncall/ann"]});
+    let revoking = write(&dir, "revoking.json", &revoking.to_string());
+    let r = meshward(&["replay", "-p", &revoking, &path, "--expect-recorded"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert_eq!(
+        denials(&r.stdout, "token_revoked"),
+        4,
+        "three builder requests and the on-call one: {}",
+        r.stdout
+    );
+
+    // The issuer renamed: the recorded identities name an issuer this bundle does not know.
+    let mut renamed = registry_json();
+    renamed["issuers"][0]["name"] = json!("workloads-2");
+    for rule in renamed["rules"].as_array_mut().unwrap() {
+        if let Some(issuers) = rule.get_mut("issuers") {
+            *issuers = json!(["workloads-2"]);
+        }
+    }
+    let renamed = write(&dir, "renamed.json", &renamed.to_string());
+    let r = meshward(&["replay", "-p", &renamed, &path, "--expect-recorded"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert_eq!(denials(&r.stdout, "token_issuer_unknown"), 4, "{}", r.stdout);
+    // Without a token, the answer is still "send a token"; the malformed token's record stands.
+    assert_eq!(denials(&r.stdout, "token_missing"), 1, "{}", r.stdout);
+    assert_eq!(denials(&r.stdout, "token_malformed"), 1, "{}", r.stdout);
+}
+
 #[test]
 fn replay_streams_in_bounded_memory() {
     // 100,000 audit records padded to 3.3 KB each (330 MB), piped in: the replay must not hold them.
