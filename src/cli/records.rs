@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::decision::{Decision, Reason, Verdict};
 use crate::engine::{HttpRequest, RecordedIdentity};
-use crate::policy::{PolicyInput, Timestamp};
+use crate::policy::{Mismatch, PolicyInput, Timestamp};
 use crate::request::RequestTarget;
 use crate::token::VerifiedToken;
 
@@ -351,24 +351,29 @@ fn reads_unrecorded(rule: &crate::policy::RuleConfig) -> bool {
         || rule.hosts.iter().any(|h| h.contains(':'))
 }
 
-/// A rule's failure to match that concerns the request itself, not unrecorded data.
-fn request_level(why: &str) -> bool {
-    [
-        "host ",
-        "method ",
-        "path ",
-        "repository ",
-        "not active yet",
-        "expired ",
-        "subject ",
-        "issuer ",
-        "profile ",
-        "peer ",
-        "no mTLS",
-        "no verified token",
-    ]
-    .iter()
-    .any(|p| why.starts_with(p))
+/// Whether a rule's failure to match concerns what an audit record carries (the request, the rule's
+/// activity, the identity and the peer), so that the data it lacks cannot change the outcome.
+fn decided_by_recorded_data(why: &Mismatch) -> bool {
+    match why {
+        Mismatch::NoRoute
+        | Mismatch::Host { .. }
+        | Mismatch::Method { .. }
+        | Mismatch::Path { .. }
+        | Mismatch::Repository
+        | Mismatch::NotYetActive
+        | Mismatch::Expired
+        | Mismatch::NoPeer
+        | Mismatch::Peer { .. }
+        | Mismatch::NoToken
+        | Mismatch::Issuer { .. }
+        | Mismatch::Profile { .. }
+        | Mismatch::Subject { .. } => true,
+        Mismatch::Header { .. }
+        | Mismatch::Claim { .. }
+        | Mismatch::Scope { .. }
+        | Mismatch::TokenAge { .. }
+        | Mismatch::Capture { .. } => false,
+    }
 }
 
 impl Bundle {
@@ -506,7 +511,7 @@ impl Bundle {
             .filter(|(cfg, _)| reads_unrecorded(cfg))
             .filter(|(_, rule)| match rule.check(input) {
                 Ok(()) => true,
-                Err(why) => !request_level(&why),
+                Err(why) => !decided_by_recorded_data(&why),
             })
             .map(|(cfg, _)| cfg.id.clone())
             .collect()
