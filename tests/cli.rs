@@ -300,6 +300,32 @@ fn check_lints_each_problem_once() {
     assert!(!r.stdout.contains("external-without-expiry"), "{}", r.stdout);
 }
 
+#[test]
+fn check_reports_a_skipped_key_at_its_field() {
+    let dir = scratch();
+    let mut bundle = registry_json();
+    bundle["issuers"][0]["jwks"]["keys"].as_array_mut().unwrap().push(json!({"kty": "oct", "k": "c2VjcmV0"}));
+    let path = write(&dir, "skipped.json", &bundle.to_string());
+    let r = meshward(&["check", &path, "--format", "json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    let finding = &report["bundles"][0]["findings"][0];
+    assert_eq!(
+        (finding["lint"].as_str(), finding["at"].as_str()),
+        (Some("skipped-key"), Some("issuers[0].jwks.keys[1]")),
+        "{}",
+        r.stdout
+    );
+    assert!(finding["message"].as_str().unwrap().starts_with("key skipped: "), "{}", r.stdout);
+    let r = meshward(&["check", &path, "--strict"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("warning[skipped-key]: {path}: issuers[0].jwks.keys[1]: key skipped: ")),
+        "{}",
+        r.stdout
+    );
+}
+
 // ---- replay ----
 
 #[test]

@@ -110,7 +110,7 @@ impl RootContext for Root {
                     LoadRecord::new(&bytes, Ok(&engine), now).with_cost(configure_ms, Some(memory_bytes()));
                 log(LogLevel::Info, &record.to_json());
                 for warning in &warnings {
-                    log(LogLevel::Warn, warning);
+                    log(LogLevel::Warn, &warning.to_string());
                 }
                 log(
                     LogLevel::Info,
