@@ -29,6 +29,38 @@ impl ConfigError {
     }
 }
 
+/// Something a bundle compiles despite, reported to the operator (the plugin logs it, `check`
+/// shows it as a lint finding).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileWarning {
+    /// A key of an issuer's inline key set is unusable and skipped (the others are used).
+    #[error("issuers[{issuer}].jwks.keys[{key}] skipped: {error}")]
+    SkippedKey {
+        /// The issuer's index in `issuers`.
+        issuer: usize,
+        /// The key's index in the issuer's `jwks.keys`.
+        key: usize,
+        /// Why the key is unusable.
+        error: String,
+    },
+}
+
+impl CompileWarning {
+    /// The field the warning concerns, as a path such as `issuers[0].jwks.keys[1]`.
+    pub fn field(&self) -> String {
+        match self {
+            CompileWarning::SkippedKey { issuer, key, .. } => format!("issuers[{issuer}].jwks.keys[{key}]"),
+        }
+    }
+
+    /// What is wrong with the field.
+    pub fn message(&self) -> String {
+        match self {
+            CompileWarning::SkippedKey { error, .. } => format!("key skipped: {error}"),
+        }
+    }
+}
+
 /// A policy bundle: issuers to trust, rules to enforce, and plugin settings.
 #[cfg_attr(not(target_arch = "wasm32"), derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -202,7 +234,7 @@ impl BundleConfig {
     }
 
     /// Checks and compiles the bundle. Returns the engine and warnings (such as skipped keys).
-    pub fn compile(self) -> Result<(Engine, Vec<String>), ConfigError> {
+    pub fn compile(self) -> Result<(Engine, Vec<CompileWarning>), ConfigError> {
         let mut warnings = Vec::new();
         if self.name.trim().is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
@@ -388,7 +420,11 @@ impl BundleConfig {
                 certificate_binding: cfg.certificate_binding,
             })
             .map_err(|e| ConfigError::new(at("jwks"), e))?;
-            warnings.extend(skipped.into_iter().map(|w| format!("issuers[{i}].{w}")));
+            warnings.extend(skipped.into_iter().map(|(key, error)| CompileWarning::SkippedKey {
+                issuer: i,
+                key,
+                error,
+            }));
             issuers.push(issuer);
         }
 

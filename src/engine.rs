@@ -33,6 +33,48 @@ pub struct HttpRequest<'a> {
     pub peer_certificate_sha256: Option<&'a str>,
 }
 
+impl<'a> HttpRequest<'a> {
+    /// A request from recorded parts (replay's records, audit records, the wasm corpus test), built
+    /// as the filter builds one from the host's header map: `headers` have lower-case names, a
+    /// header sent several times appears once per value, and the `authorization` values are taken
+    /// from them.
+    pub fn recorded(
+        method: Option<&'a str>,
+        authority: Option<&'a str>,
+        path: Option<&'a str>,
+        headers: &'a [(String, String)],
+        peer: Option<&'a str>,
+    ) -> Self {
+        HttpRequest {
+            method,
+            authority,
+            path,
+            authorization: headers
+                .iter()
+                .filter(|(name, _)| name == "authorization")
+                .map(|(_, value)| value.as_str())
+                .collect(),
+            headers: headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
+            peer,
+            peer_certificate_sha256: None,
+        }
+    }
+}
+
+/// An identity verified when the request was made, as the plugin's audit record carries it: no
+/// token to verify again, and neither claims nor the token's issue time.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordedIdentity<'a> {
+    /// The issuer's configured name.
+    pub issuer: &'a str,
+    /// The token's subject.
+    pub subject: &'a str,
+    /// The token's `jti`, if it had one.
+    pub token_id: Option<&'a str>,
+    /// The token's `exp`, if it had one.
+    pub expires_at: Option<u64>,
+}
+
 /// The result of authorizing a request, with what is known about it for audit and forwarding.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -182,7 +224,7 @@ impl Engine {
     /// peer can allow; if none does, the answer is 401 `token_missing` so the caller learns
     /// what to send.
     pub fn authorize(&self, request: &HttpRequest<'_>, now: u64) -> Outcome {
-        let target = match RequestTarget::new(request.method, request.authority, request.path) {
+        let target = match self.check_request(request) {
             Ok(t) => t,
             Err(reason) => return Outcome::rejected(reason, None, self.mode),
         };
@@ -198,20 +240,78 @@ impl Engine {
             Err(reason) => return Outcome::rejected(reason, Some(target), self.mode),
         };
         let presented = identity.as_deref().map(|token| self.check_presentation(token, request));
-        let Evaluation { mut decision, dry_run } = match (presented, identity.as_deref()) {
-            (Some(Err(reason)), _) => Evaluation { decision: Decision::deny(reason), dry_run: None },
-            (_, token) => self.policy.evaluate(&PolicyInput {
+        self.decide(request, target, (identity, cache_hit), presented, now)
+    }
+
+    /// Decides a request whose token was verified when it was made (an audit record's), as of
+    /// `now`: the same steps as [`Engine::authorize`], with the recorded identity in place of token
+    /// verification. The identity's issuer must still be trusted and the identity not revoked;
+    /// certificate binding was checked when the request was made.
+    pub fn authorize_identity(
+        &self,
+        request: &HttpRequest<'_>,
+        identity: Option<RecordedIdentity<'_>>,
+        now: u64,
+    ) -> Outcome {
+        let target = match self.check_request(request) {
+            Ok(t) => t,
+            Err(reason) => return Outcome::rejected(reason, None, self.mode),
+        };
+        let identity = match identity.map(|recorded| self.recorded_identity(recorded)).transpose() {
+            Ok(identity) => identity,
+            Err(reason) => return Outcome::rejected(reason, Some(target), self.mode),
+        };
+        let presented = identity.as_deref().map(|token| self.check_revocation(token));
+        self.decide(request, target, (identity, None), presented, now)
+    }
+
+    /// The first step of every decision: the request's method, authority and path, checked and
+    /// normalized.
+    pub fn check_request(&self, request: &HttpRequest<'_>) -> Result<RequestTarget, Reason> {
+        RequestTarget::new(request.method, request.authority, request.path)
+    }
+
+    /// The last steps of every decision: policy on the authenticated request, unless the
+    /// presentation checks refused the token, then the final answer.
+    fn decide(
+        &self,
+        request: &HttpRequest<'_>,
+        target: RequestTarget,
+        (identity, cache_hit): (Option<Rc<VerifiedToken>>, Option<bool>),
+        presented: Option<Result<(), Reason>>,
+        now: u64,
+    ) -> Outcome {
+        let Evaluation { mut decision, dry_run } = match presented {
+            Some(Err(reason)) => Evaluation { decision: Decision::deny(reason), dry_run: None },
+            _ => self.policy.evaluate(&PolicyInput {
                 target: &target,
                 headers: &request.headers,
-                token,
+                token: identity.as_deref(),
                 peer: request.peer,
                 now,
             }),
         };
+        // Without a token, "no rule" is answered with "send a token": the caller learns what to send.
         if identity.is_none() && decision.reason == Reason::PolicyNoMatch {
             decision = Decision::deny(Reason::TokenMissing);
         }
         Outcome { decision, target: Some(target), identity, cache_hit, dry_run, mode: self.mode }
+    }
+
+    /// A recorded identity as a verified token of a trusted issuer (refused when the bundle no
+    /// longer trusts the issuer: its tokens would not verify).
+    fn recorded_identity(&self, recorded: RecordedIdentity<'_>) -> Result<Rc<VerifiedToken>, Reason> {
+        let issuer = self.issuers.get(recorded.issuer).ok_or(Reason::TokenIssuerUnknown)?;
+        Ok(Rc::new(VerifiedToken {
+            issuer_name: recorded.issuer.to_owned(),
+            profile: issuer.profile.name(),
+            issuer: issuer.issuer.clone(),
+            subject: recorded.subject.to_owned(),
+            token_id: recorded.token_id.map(str::to_owned),
+            expires_at: recorded.expires_at,
+            issued_at: None,
+            claims: serde_json::Map::new(),
+        }))
     }
 
     /// The verified identity of a token, and whether it came from the cache; a token verified now
@@ -246,13 +346,20 @@ impl Engine {
 
     /// What is checked on every request, cached token or not: revocation and certificate binding.
     fn check_presentation(&self, token: &VerifiedToken, request: &HttpRequest<'_>) -> Result<(), Reason> {
+        self.check_revocation(token)?;
+        let issuer = self.issuers.get(&token.issuer_name).ok_or(Reason::InternalError)?;
+        issuer.check_binding(token, request.peer_certificate_sha256)
+    }
+
+    /// Whether the token's `jti` or subject is on the bundle's revocation list.
+    fn check_revocation(&self, token: &VerifiedToken) -> Result<(), Reason> {
         let revoked = token.token_id.as_ref().is_some_and(|id| self.revoked_token_ids.contains(id))
             || self.revoked_subjects.contains(&token.subject);
         if revoked {
-            return Err(Reason::TokenRevoked);
+            Err(Reason::TokenRevoked)
+        } else {
+            Ok(())
         }
-        let issuer = self.issuers.get(&token.issuer_name).ok_or(Reason::InternalError)?;
-        issuer.check_binding(token, request.peer_certificate_sha256)
     }
 
     /// The upstream headers of an allowed request: each identity header meshward manages, with its

@@ -36,7 +36,7 @@ pub mod render;
 #[allow(unsafe_code)]
 mod filter;
 
-pub use config::{BundleConfig, ConfigError};
+pub use config::{BundleConfig, CompileWarning, ConfigError};
 pub use decision::{Decision, Reason};
-pub use engine::{Engine, HttpRequest, Outcome};
+pub use engine::{Engine, HttpRequest, Outcome, RecordedIdentity};
 pub use token::VerifiedToken;

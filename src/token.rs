@@ -324,15 +324,16 @@ pub struct Issuer {
 }
 
 impl Issuer {
-    /// Builds an issuer. Returns it and one warning per skipped key; fails when no key is usable.
-    pub fn new(spec: IssuerSpec) -> Result<(Self, Vec<String>), String> {
+    /// Builds an issuer. Returns it and, per skipped key, its index in `jwks` and why it is
+    /// skipped; fails when no key is usable.
+    pub fn new(spec: IssuerSpec) -> Result<(Self, Vec<(usize, String)>), String> {
         let mut keys = Vec::new();
         let mut warnings = Vec::new();
         let asymmetric: Vec<Algorithm> = spec.algorithms.iter().copied().filter(|a| !a.is_hmac()).collect();
         for (i, jwk) in spec.jwks.iter().enumerate() {
             match keys_from_jwk(jwk, &asymmetric, spec.profile.key_uses()) {
                 Ok(found) => keys.extend(found),
-                Err(e) => warnings.push(format!("jwks.keys[{i}] skipped: {e}")),
+                Err(e) => warnings.push((i, e)),
             }
         }
         if let Some(secret) = &spec.hmac_secret {
@@ -347,8 +348,8 @@ impl Issuer {
         }
         if keys.is_empty() && spec.remote_jwks.is_none() {
             let mut msg = "no usable key for the allowed algorithms".to_string();
-            if let Some(w) = warnings.first() {
-                msg = format!("{msg} ({w})");
+            if let Some((i, e)) = warnings.first() {
+                msg = format!("{msg} (jwks.keys[{i}] skipped: {e})");
             }
             return Err(msg);
         }

@@ -300,6 +300,32 @@ fn check_lints_each_problem_once() {
     assert!(!r.stdout.contains("external-without-expiry"), "{}", r.stdout);
 }
 
+#[test]
+fn check_reports_a_skipped_key_at_its_field() {
+    let dir = scratch();
+    let mut bundle = registry_json();
+    bundle["issuers"][0]["jwks"]["keys"].as_array_mut().unwrap().push(json!({"kty": "oct", "k": "c2VjcmV0"}));
+    let path = write(&dir, "skipped.json", &bundle.to_string());
+    let r = meshward(&["check", &path, "--format", "json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    let finding = &report["bundles"][0]["findings"][0];
+    assert_eq!(
+        (finding["lint"].as_str(), finding["at"].as_str()),
+        (Some("skipped-key"), Some("issuers[0].jwks.keys[1]")),
+        "{}",
+        r.stdout
+    );
+    assert!(finding["message"].as_str().unwrap().starts_with("key skipped: "), "{}", r.stdout);
+    let r = meshward(&["check", &path, "--strict"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("warning[skipped-key]: {path}: issuers[0].jwks.keys[1]: key skipped: ")),
+        "{}",
+        r.stdout
+    );
+}
+
 // ---- replay ----
 
 #[test]
@@ -487,6 +513,45 @@ fn replay_reads_the_plugins_audit_records_and_envoy_logs() {
         r.stdout
     );
     assert!(r.stdout.contains("audit records: 4 decided as recorded, 2 differently"), "{}", r.stdout);
+}
+
+/// Audit records are decided by the engine's own steps: a bundle that revokes an identity, or no
+/// longer trusts its issuer, refuses the recorded requests of that identity.
+#[test]
+fn replay_decides_audit_records_with_the_bundles_revocations_and_issuers() {
+    let dir = scratch();
+    let path = write(&dir, "audit.jsonl", &plugin_audit_lines().join("\n"));
+    let denials = |stdout: &str, reason: &str| {
+        stdout.lines().filter(|l| l.contains(&format!("deny     {reason}"))).count()
+    };
+
+    let mut revoking = registry_json();
+    revoking["revoked"] = json!({"subjects": ["spiffe://example.internal/ci/builder/web"], "token_ids": ["jti-spiffe://example.internal/oncall/ann"]});
+    let revoking = write(&dir, "revoking.json", &revoking.to_string());
+    let r = meshward(&["replay", "-p", &revoking, &path, "--expect-recorded"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert_eq!(
+        denials(&r.stdout, "token_revoked"),
+        4,
+        "three builder requests and the on-call one: {}",
+        r.stdout
+    );
+
+    // The issuer renamed: the recorded identities name an issuer this bundle does not know.
+    let mut renamed = registry_json();
+    renamed["issuers"][0]["name"] = json!("workloads-2");
+    for rule in renamed["rules"].as_array_mut().unwrap() {
+        if let Some(issuers) = rule.get_mut("issuers") {
+            *issuers = json!(["workloads-2"]);
+        }
+    }
+    let renamed = write(&dir, "renamed.json", &renamed.to_string());
+    let r = meshward(&["replay", "-p", &renamed, &path, "--expect-recorded"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert_eq!(denials(&r.stdout, "token_issuer_unknown"), 4, "{}", r.stdout);
+    // Without a token, the answer is still "send a token"; the malformed token's record stands.
+    assert_eq!(denials(&r.stdout, "token_missing"), 1, "{}", r.stdout);
+    assert_eq!(denials(&r.stdout, "token_malformed"), 1, "{}", r.stdout);
 }
 
 #[test]

@@ -373,7 +373,9 @@ fn bad_keys_in_a_key_set_are_skipped_and_the_good_ones_used() {
         BundleConfig::from_json(inline.to_string().as_bytes()).unwrap().compile().unwrap();
     assert_eq!(warnings.len(), 4, "{warnings:?}");
     for (i, why) in [(0, "private"), (1, "2048"), (2, "EC point"), (3, "unsupported key type")] {
-        assert!(warnings[i].contains(why), "{i}: {}", warnings[i]);
+        let meshward::CompileWarning::SkippedKey { issuer, key, error } = &warnings[i];
+        assert_eq!((*issuer, *key), (0, i), "{}", warnings[i]);
+        assert!(error.contains(why), "{i}: {}", warnings[i]);
     }
     assert_eq!(decide(&engine, &t, NOW), Reason::Allowed);
 

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use meshward::dev::{jwks, SigningKey, TokenSpec};
-use meshward::policy::PolicyInput;
+use meshward::policy::{Mismatch, PolicyInput};
 use meshward::request::RequestTarget;
 use meshward::token::Algorithm;
 use meshward::{BundleConfig, Engine, HttpRequest, Reason};
@@ -448,8 +448,13 @@ fn explain_says_why_each_rule_did_not_match() {
     let identity = engine.issuers().verify(&k.sign(&spec).unwrap(), NOW).unwrap();
     let target = RequestTarget::new(Some("GET"), Some("api.test"), Some("/x")).unwrap();
     let input = PolicyInput { target: &target, headers: &[], token: Some(&identity), peer: None, now: NOW };
+    let traces = engine.policy().explain(&input);
+    assert_eq!(
+        traces.first().and_then(|t| t.mismatch.clone()),
+        Some(Mismatch::Host { host: "api.test".into() })
+    );
     let why: Vec<_> =
-        engine.policy().explain(&input).into_iter().map(|t| t.mismatch.unwrap_or_default()).collect();
+        traces.into_iter().map(|t| t.mismatch.map(|m| m.to_string()).unwrap_or_default()).collect();
     assert_eq!(
         why,
         [

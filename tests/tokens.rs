@@ -112,7 +112,7 @@ fn bundle() -> Value {
     })
 }
 
-fn compile(bundle: &Value) -> (Engine, Vec<String>) {
+fn compile(bundle: &Value) -> (Engine, Vec<meshward::CompileWarning>) {
     BundleConfig::from_json(&serde_json::to_vec(bundle).unwrap()).unwrap().compile().unwrap()
 }
 
@@ -862,7 +862,7 @@ fn symmetric_jwk_is_skipped() {
     ]);
     let (engine, warnings) = compile(&b);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].starts_with("issuers[0].jwks.keys[0] skipped"), "{warnings:?}");
+    assert!(warnings[0].to_string().starts_with("issuers[0].jwks.keys[0] skipped"), "{warnings:?}");
     let hs = HS256Key::from_bytes(pem.as_bytes()).with_key_id("hmac-1");
     let input = format!("{}.{}", b64(r#"{"alg":"HS256","kid":"hmac-1"}"#), b64(payload()));
     let token = format!("{input}.{}", b64(hs.authentication_tag(input.as_bytes())));
@@ -960,7 +960,10 @@ fn jwk_whose_alg_contradicts_its_type_is_unusable() {
     b["issuers"][0]["jwks"]["keys"] = json!([jwk, k.ed.public_jwk()]);
     let (engine, warnings) = compile(&b);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].starts_with("issuers[0].jwks.keys[0] skipped: invalid EC point"), "{warnings:?}");
+    assert!(
+        warnings[0].to_string().starts_with("issuers[0].jwks.keys[0] skipped: invalid EC point"),
+        "{warnings:?}"
+    );
     assert_eq!(engine.issuers().verify(&sign(&k.ec, &spec()), NOW), Err(Reason::TokenKeyUnknown));
     // An Ed25519 JWK labelled as another curve is refused as a key type.
     let mut jwk = k.ed.public_jwk();

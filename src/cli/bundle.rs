@@ -76,7 +76,7 @@ pub struct Bundle {
     /// The compiled engine: the same as the plugin's.
     pub engine: Engine,
     /// Compile warnings (skipped keys).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<crate::config::CompileWarning>,
     /// The latest request time decided so far (see `decide`).
     pub(crate) latest_time: u64,
 }

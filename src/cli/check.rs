@@ -9,6 +9,7 @@ use serde_json::json;
 use super::bundle::{self, Syntax};
 use super::lint::{self, Finding, Lint, LintOptions};
 use super::{json_document, now, parse_time, Failure, Format};
+use crate::config::CompileWarning;
 
 /// `meshward check` arguments.
 #[derive(Debug, clap::Args)]
@@ -134,10 +135,11 @@ fn check_one(path: &std::path::Path, options: &LintOptions<'_>, allowed: &[Lint]
         Err(e) => return Checked::Invalid(e.to_string()),
     };
     let mut findings: Vec<Finding> = warnings
-        .into_iter()
-        .map(|w| {
-            let (at, message) = w.split_once(": ").unwrap_or(("issuers", w.as_str()));
-            Finding { lint: Lint::SkippedKey, at: at.to_owned(), message: message.to_owned() }
+        .iter()
+        .map(|w| match w {
+            CompileWarning::SkippedKey { .. } => {
+                Finding { lint: Lint::SkippedKey, at: w.field(), message: w.message() }
+            }
         })
         .collect();
     findings.extend(lint::lint(&config, engine.policy(), options));

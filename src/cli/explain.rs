@@ -12,7 +12,7 @@ use super::records::{
 };
 use super::{json_document, now, parse_time, rfc3339, Failure, Format};
 use crate::decision::{Reason, Verdict};
-use crate::policy::{Effect, Mode, PolicyInput, Timestamp};
+use crate::policy::{Effect, Mismatch, Mode, PolicyInput, Timestamp};
 
 /// `meshward explain` arguments.
 #[derive(Debug, clap::Args)]
@@ -155,7 +155,7 @@ struct Considered {
     effect: Effect,
     mode: Mode,
     break_glass: bool,
-    why_not: Option<String>,
+    why_not: Option<Mismatch>,
 }
 
 /// Runs `meshward explain`.
@@ -183,7 +183,7 @@ pub fn run(args: &ExplainArgs, out: &mut dyn Write) -> Result<(), Failure> {
                         "mode": if c.mode == Mode::Enforce { "enforce" } else { "dry-run" },
                         "break_glass": c.break_glass,
                         "matched": c.why_not.is_none(),
-                        "why_not": c.why_not,
+                        "why_not": c.why_not.as_ref().map(ToString::to_string),
                     })
                 })
                 .collect();
@@ -387,7 +387,7 @@ fn text(
             let notes = if notes.is_empty() { String::new() } else { format!("[{}] ", notes.join(", ")) };
             let (mark, why) = match &c.why_not {
                 None => ("MATCH", "matches".to_string()),
-                Some(why) => ("-", why.clone()),
+                Some(why) => ("-", why.to_string()),
             };
             writeln!(out, "  {mark:<5} {:<width$}  {effect:<5}  {notes}{why}", c.id)?;
         }

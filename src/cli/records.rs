@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::decision::{Decision, Reason, Verdict};
-use crate::engine::HttpRequest;
-use crate::policy::{Evaluation, PolicyInput, Timestamp};
+use crate::engine::{HttpRequest, RecordedIdentity};
+use crate::policy::{Mismatch, PolicyInput, Timestamp};
 use crate::request::RequestTarget;
 use crate::token::VerifiedToken;
 
@@ -353,24 +353,29 @@ fn reads_unrecorded(rule: &crate::policy::RuleConfig) -> bool {
         || rule.hosts.iter().any(|h| h.contains(':'))
 }
 
-/// A rule's failure to match that concerns the request itself, not unrecorded data.
-fn request_level(why: &str) -> bool {
-    [
-        "host ",
-        "method ",
-        "path ",
-        "repository ",
-        "not active yet",
-        "expired ",
-        "subject ",
-        "issuer ",
-        "profile ",
-        "peer ",
-        "no mTLS",
-        "no verified token",
-    ]
-    .iter()
-    .any(|p| why.starts_with(p))
+/// Whether a rule's failure to match concerns what an audit record carries (the request, the rule's
+/// activity, the identity and the peer), so that the data it lacks cannot change the outcome.
+fn decided_by_recorded_data(why: &Mismatch) -> bool {
+    match why {
+        Mismatch::NoRoute
+        | Mismatch::Host { .. }
+        | Mismatch::Method { .. }
+        | Mismatch::Path { .. }
+        | Mismatch::Repository
+        | Mismatch::NotYetActive
+        | Mismatch::Expired
+        | Mismatch::NoPeer
+        | Mismatch::Peer { .. }
+        | Mismatch::NoToken
+        | Mismatch::Issuer { .. }
+        | Mismatch::Profile { .. }
+        | Mismatch::Subject { .. } => true,
+        Mismatch::Header { .. }
+        | Mismatch::Claim { .. }
+        | Mismatch::Scope { .. }
+        | Mismatch::TokenAge { .. }
+        | Mismatch::Capture { .. } => false,
+    }
 }
 
 impl Bundle {
@@ -402,19 +407,13 @@ impl Bundle {
                 values.into_iter().map(move |v| (name.clone(), v))
             })
             .collect();
-        let request = HttpRequest {
-            method: Some(&r.method),
-            authority: Some(&r.authority),
-            path: Some(&r.path),
-            authorization: headers
-                .iter()
-                .filter(|(n, _)| n == "authorization")
-                .map(|(_, v)| v.as_str())
-                .collect(),
-            headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
-            peer: r.peer.as_deref(),
-            ..Default::default()
-        };
+        let request = HttpRequest::recorded(
+            Some(&r.method),
+            Some(&r.authority),
+            Some(&r.path),
+            &headers,
+            r.peer.as_deref(),
+        );
         let outcome = self.engine.authorize(&request, time);
         Replayed {
             decision: outcome.decision,
@@ -431,85 +430,77 @@ impl Bundle {
 
     fn decide_audit(&self, a: &AuditLine) -> Replayed {
         let recorded = recorded_decision(a);
-        let mut replayed = Replayed {
-            decision: recorded.clone(),
-            dry_run: None,
-            target: None,
-            identity: None,
-            peer: a.peer.clone(),
-            headers: Vec::new(),
-            time: a.time,
-            basis: Basis::RecordedDecision,
-            unrecorded: Vec::new(),
-        };
-        let target = match RequestTarget::new(a.method.as_deref(), a.host.as_deref(), a.path.as_deref()) {
-            Ok(t) => t,
-            Err(reason) => {
-                replayed.decision = Decision::deny(reason);
-                return replayed;
-            }
-        };
-        replayed.target = Some(target.clone());
+        let request = HttpRequest::recorded(
+            a.method.as_deref(),
+            a.host.as_deref(),
+            a.path.as_deref(),
+            &[],
+            a.peer.as_deref(),
+        );
         let identity = match (&a.subject, recorded.reason) {
             // Decided after verification, by what this replay can re-evaluate.
             (
                 Some(subject),
                 Reason::Allowed | Reason::PolicyNoMatch | Reason::PolicyDenied | Reason::TokenRevoked,
-            ) => {
-                let issuer_name = a.issuer.clone().unwrap_or_default();
-                let Some(issuer) = self.engine.issuers().get(&issuer_name) else {
-                    // This bundle no longer trusts the issuer: the token would not verify.
-                    replayed.basis = Basis::RecordedIdentity;
-                    replayed.decision = Decision::deny(Reason::TokenIssuerUnknown);
-                    return replayed;
-                };
-                Some(Rc::new(VerifiedToken {
-                    issuer_name,
-                    profile: issuer.profile.name(),
-                    issuer: issuer.issuer.clone(),
-                    subject: subject.clone(),
-                    token_id: a.token_id.clone(),
-                    expires_at: a.token_expires_at,
-                    issued_at: None,
-                    claims: serde_json::Map::new(),
-                }))
-            }
+            ) => Some(RecordedIdentity {
+                issuer: a.issuer.as_deref().unwrap_or_default(),
+                subject,
+                token_id: a.token_id.as_deref(),
+                expires_at: a.token_expires_at,
+            }),
             // No token: only peer rules could have decided.
             (None, Reason::Allowed | Reason::PolicyNoMatch | Reason::PolicyDenied | Reason::TokenMissing) => {
                 None
             }
-            // A token or request problem decided before policy: it stands.
-            _ => return replayed,
+            // A token or request problem decided before policy: it stands (the token is not
+            // recorded), unless the request itself is refused now.
+            _ => {
+                let (decision, target) = match self.engine.check_request(&request) {
+                    Ok(target) => (recorded, Some(target)),
+                    Err(reason) => (Decision::deny(reason), None),
+                };
+                return Replayed {
+                    decision,
+                    dry_run: None,
+                    target,
+                    identity: None,
+                    peer: a.peer.clone(),
+                    headers: Vec::new(),
+                    time: a.time,
+                    basis: Basis::RecordedDecision,
+                    unrecorded: Vec::new(),
+                };
+            }
         };
-        replayed.basis = Basis::RecordedIdentity;
-        let revoked = &self.config.revoked;
-        let is_revoked = identity.as_deref().is_some_and(|t| {
-            t.token_id.as_ref().is_some_and(|id| revoked.token_ids.contains(id))
-                || revoked.subjects.contains(&t.subject)
-        });
-        let input = PolicyInput {
-            target: &target,
-            headers: &[],
-            token: identity.as_deref(),
-            peer: a.peer.as_deref(),
-            now: a.time,
+        let outcome = self.engine.authorize_identity(&request, identity, a.time);
+        // Only a decision of the policy can depend on what the record lacks (not a refused request,
+        // an issuer no longer trusted or a revoked identity).
+        let by_policy = matches!(
+            outcome.decision.reason,
+            Reason::Allowed | Reason::PolicyNoMatch | Reason::PolicyDenied | Reason::TokenMissing
+        );
+        let unrecorded = match &outcome.target {
+            Some(target) if by_policy => self.unrecorded_rules(&PolicyInput {
+                target,
+                headers: &[],
+                token: outcome.identity.as_deref(),
+                peer: a.peer.as_deref(),
+                now: a.time,
+            }),
+            _ => Vec::new(),
         };
-        let Evaluation { mut decision, dry_run } = if is_revoked {
-            Evaluation { decision: Decision::deny(Reason::TokenRevoked), dry_run: None }
-        } else {
-            self.engine.policy().evaluate(&input)
-        };
-        // As in Engine::authorize: without a token, "no rule" is answered with "send a token".
-        if identity.is_none() && decision.reason == Reason::PolicyNoMatch {
-            decision = Decision::deny(Reason::TokenMissing);
+        let basis = if outcome.target.is_some() { Basis::RecordedIdentity } else { Basis::RecordedDecision };
+        Replayed {
+            decision: outcome.decision,
+            dry_run: outcome.dry_run,
+            target: outcome.target,
+            identity: outcome.identity,
+            peer: a.peer.clone(),
+            headers: Vec::new(),
+            time: a.time,
+            basis,
+            unrecorded,
         }
-        if !is_revoked {
-            replayed.unrecorded = self.unrecorded_rules(&input);
-        }
-        replayed.decision = decision;
-        replayed.dry_run = dry_run;
-        replayed.identity = identity;
-        replayed
     }
 
     /// The rules that read claims, headers, the token's age or the port, and that got far enough
@@ -522,7 +513,7 @@ impl Bundle {
             .filter(|(cfg, _)| reads_unrecorded(cfg))
             .filter(|(_, rule)| match rule.check(input) {
                 Ok(()) => true,
-                Err(why) => !request_level(&why),
+                Err(why) => !decided_by_recorded_data(&why),
             })
             .map(|(cfg, _)| cfg.id.clone())
             .collect()

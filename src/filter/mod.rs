@@ -130,7 +130,7 @@ impl RootContext for Root {
                     .with_signature_backend(backend);
                 log(LogLevel::Info, &record.to_json());
                 for warning in &warnings {
-                    log(LogLevel::Warn, warning);
+                    log(LogLevel::Warn, &warning.to_string());
                 }
                 log(
                     LogLevel::Info,

@@ -20,7 +20,8 @@ use foldhash::HashMap;
 pub use pattern::{Glob, HostPattern, PathTemplate};
 use rule::Found;
 pub use rule::{
-    ConditionConfig, Effect, Mode, PathConfig, RegistryConfig, Route, Rule, RuleConfig, Timestamp, MAX_ROUTES,
+    ConditionConfig, Effect, Mismatch, Mode, PathConfig, RegistryConfig, Route, Rule, RuleConfig, Timestamp,
+    MAX_ROUTES,
 };
 
 use crate::decision::{Decision, Reason};
@@ -57,7 +58,7 @@ pub struct RuleTrace {
     /// The rule.
     pub rule_id: String,
     /// `None` when the rule matched; otherwise the first reason it did not.
-    pub mismatch: Option<String>,
+    pub mismatch: Option<Mismatch>,
 }
 
 /// A compiled set of rules with default deny.

@@ -693,7 +693,7 @@ impl Rule {
     }
 
     /// Whether the rule matches, trying every route; the first reason it does not, otherwise.
-    pub fn check(&self, input: &PolicyInput<'_>) -> Result<(), String> {
+    pub fn check(&self, input: &PolicyInput<'_>) -> Result<(), Mismatch> {
         // Report the route that got furthest: past host, method and path, its reason tells most.
         let mut best: Option<Miss> = None;
         for route in 0..self.routes.len() {
@@ -706,7 +706,7 @@ impl Rule {
                 }
             }
         }
-        Err(best.map_or_else(|| "no route".to_string(), |miss| self.describe(miss, input)))
+        Err(best.map_or(Mismatch::NoRoute, |miss| self.describe(miss, input)))
     }
 
     /// Whether the rule matches through one route. On the request path: no allocation, the
@@ -801,45 +801,98 @@ impl Rule {
         Ok(())
     }
 
-    /// The reason a rule did not match, in words.
-    fn describe(&self, miss: Miss, input: &PolicyInput<'_>) -> String {
+    /// The reason a rule did not match, with what did not match.
+    fn describe(&self, miss: Miss, input: &PolicyInput<'_>) -> Mismatch {
         let target = input.target;
         let token = input.token;
+        let named = |list: &[(String, Test)], n: usize| {
+            list.get(n).map_or_else(String::new, |(name, _)| name.clone())
+        };
         match miss {
-            Miss::Route => "no route".into(),
-            Miss::Host => format!("host {:?} is not covered", target.host),
-            Miss::Method => format!("method {} is not covered", target.method),
-            Miss::Path => format!("path {} is not covered", target.path),
-            Miss::Repository => "repository is not covered".into(),
-            Miss::NotYetActive => "not active yet (not_before)".into(),
-            Miss::Expired => "expired (expires_at)".into(),
-            Miss::Header(n) => {
-                format!("header {} does not satisfy its condition", self.headers.get(n).map_or("?", |h| &h.0))
+            Miss::Route => Mismatch::NoRoute,
+            Miss::Host => Mismatch::Host { host: target.host.clone() },
+            Miss::Method => Mismatch::Method { method: target.method.clone() },
+            Miss::Path => Mismatch::Path { path: target.path.clone() },
+            Miss::Repository => Mismatch::Repository,
+            Miss::NotYetActive => Mismatch::NotYetActive,
+            Miss::Expired => Mismatch::Expired,
+            Miss::Header(n) => Mismatch::Header { header: named(&self.headers, n) },
+            Miss::NoPeer => Mismatch::NoPeer,
+            Miss::Peer => Mismatch::Peer { peer: input.peer.unwrap_or_default().to_owned() },
+            Miss::NoToken => Mismatch::NoToken,
+            Miss::Issuer => {
+                Mismatch::Issuer { issuer: token.map_or_else(String::new, |t| t.issuer_name.clone()) }
             }
-            Miss::NoPeer => "no mTLS peer identity".into(),
-            Miss::Peer => format!("peer {:?} is not covered", input.peer.unwrap_or_default()),
-            Miss::NoToken => "no verified token".into(),
-            Miss::Issuer => format!("issuer {} is not covered", token.map_or("?", |t| &t.issuer_name)),
-            Miss::Profile => format!("profile {} is not covered", token.map_or("?", |t| t.profile)),
-            Miss::Subject => format!("subject {:?} is not covered", token.map_or("?", |t| &t.subject)),
-            Miss::Claim(n) => {
-                format!("claim {} does not satisfy its condition", self.claims.get(n).map_or("?", |c| &c.0))
+            Miss::Profile => Mismatch::Profile { profile: token.map_or("", |t| t.profile) },
+            Miss::Subject => {
+                Mismatch::Subject { subject: token.map_or_else(String::new, |t| t.subject.clone()) }
             }
-            Miss::Scope(n) => {
-                format!("scope {:?} is missing", self.scopes.get(n).map_or("?", |s| s.as_str()))
-            }
-            Miss::TokenAge => match self.max_token_age {
-                Some(max) => format!("token is older than {max} s (or has no iat)"),
-                None => "token age".into(),
-            },
-            Miss::Capture(n) => {
-                format!(
-                    "capture {} does not satisfy its condition",
-                    self.captures.get(n).map_or("?", |c| &c.0)
-                )
-            }
+            Miss::Claim(n) => Mismatch::Claim { claim: named(&self.claims, n) },
+            Miss::Scope(n) => Mismatch::Scope { scope: self.scopes.get(n).cloned().unwrap_or_default() },
+            Miss::TokenAge => Mismatch::TokenAge { max_seconds: self.max_token_age.unwrap_or_default() },
+            Miss::Capture(n) => Mismatch::Capture { capture: named(&self.captures, n) },
         }
     }
+}
+
+/// Why a rule did not match a request (what `explain` shows), with what did not match. Displayed
+/// as a short lower-case phrase.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    /// The rule has no route (cannot happen for a compiled rule).
+    #[error("no route")]
+    NoRoute,
+    /// None of the rule's hosts covers the request's.
+    #[error("host {host:?} is not covered")]
+    Host { host: String },
+    /// None of the rule's routes covers the method.
+    #[error("method {method} is not covered")]
+    Method { method: String },
+    /// None of the rule's paths covers the request's.
+    #[error("path {path} is not covered")]
+    Path { path: String },
+    /// The registry repository in the path is not one of the rule's.
+    #[error("repository is not covered")]
+    Repository,
+    /// The rule's `not_before` is still ahead.
+    #[error("not active yet (not_before)")]
+    NotYetActive,
+    /// The rule's `expires_at` has passed.
+    #[error("expired (expires_at)")]
+    Expired,
+    /// A header condition does not hold.
+    #[error("header {header} does not satisfy its condition")]
+    Header { header: String },
+    /// The rule names peers and the connection had no mTLS identity.
+    #[error("no mTLS peer identity")]
+    NoPeer,
+    /// The mTLS peer is not one of the rule's.
+    #[error("peer {peer:?} is not covered")]
+    Peer { peer: String },
+    /// The rule needs a token and the request had none.
+    #[error("no verified token")]
+    NoToken,
+    /// The token's issuer is not one of the rule's.
+    #[error("issuer {issuer} is not covered")]
+    Issuer { issuer: String },
+    /// The token's profile is not one of the rule's.
+    #[error("profile {profile} is not covered")]
+    Profile { profile: &'static str },
+    /// The token's subject is not one of the rule's.
+    #[error("subject {subject:?} is not covered")]
+    Subject { subject: String },
+    /// A claim condition does not hold.
+    #[error("claim {claim} does not satisfy its condition")]
+    Claim { claim: String },
+    /// The token lacks a scope the rule requires.
+    #[error("scope {scope:?} is missing")]
+    Scope { scope: String },
+    /// The token is older than the rule's `max_token_age_seconds` (or has no `iat`).
+    #[error("token is older than {max_seconds} s (or has no iat)")]
+    TokenAge { max_seconds: u64 },
+    /// A path capture condition does not hold.
+    #[error("capture {capture} does not satisfy its condition")]
+    Capture { capture: String },
 }
 
 /// How a rule came to be checked against a request.

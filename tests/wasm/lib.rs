@@ -46,21 +46,9 @@ pub fn decide_corpus(bundle: &str, corpus: &str) -> Result<usize, String> {
                 }
             }
         }
-        let request = HttpRequest {
-            method: text("method"),
-            authority: text("authority"),
-            path: text("path"),
-            authorization: headers
-                .iter()
-                .filter(|(n, _)| n == "authorization")
-                .map(|(_, v)| v.as_str())
-                .collect(),
-            headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
-            peer: text("peer"),
-            ..Default::default()
-        };
+        let request = HttpRequest::recorded(text("method"), text("authority"), text("path"), &headers, text("peer"));
         let d = engine.authorize(&request, time).decision;
-        let got = [if d.allowed { "allow" } else { "deny" }, d.reason.code(), d.rule_label()];
+        let got = [d.verdict().word(), d.reason.code(), d.rule_label()];
         for (field, got) in ["expect", "expect_reason", "expect_rule"].into_iter().zip(got) {
             if let Some(want) = text(field) {
                 if want != got {
