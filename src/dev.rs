@@ -17,6 +17,9 @@ pub enum SigningKey {
     RS256(RS256KeyPair),
     ES256(ES256KeyPair),
     EdDSA(Ed25519KeyPair),
+    /// RSA-PSS and P-384: for the benchmarks' cold-path setups.
+    PS256(PS256KeyPair),
+    ES384(ES384KeyPair),
 }
 
 /// An error of the development helpers.
@@ -67,7 +70,15 @@ impl SigningKey {
             }
             Algorithm::ES256 => SigningKey::ES256(ES256KeyPair::generate().with_key_id(kid)),
             Algorithm::EdDSA => SigningKey::EdDSA(Ed25519KeyPair::generate().with_key_id(kid)),
-            other => return Err(DevError(format!("dev keys support RS256, ES256 and EdDSA, not {other}"))),
+            Algorithm::PS256 => {
+                SigningKey::PS256(PS256KeyPair::generate(2048).map_err(dev_err)?.with_key_id(kid))
+            }
+            Algorithm::ES384 => SigningKey::ES384(ES384KeyPair::generate().with_key_id(kid)),
+            other => {
+                return Err(DevError(format!(
+                    "dev keys support RS256, PS256, ES256, ES384 and EdDSA, not {other}"
+                )))
+            }
         })
     }
 
@@ -86,6 +97,8 @@ impl SigningKey {
             SigningKey::RS256(_) => Algorithm::RS256,
             SigningKey::ES256(_) => Algorithm::ES256,
             SigningKey::EdDSA(_) => Algorithm::EdDSA,
+            SigningKey::PS256(_) => Algorithm::PS256,
+            SigningKey::ES384(_) => Algorithm::ES384,
         }
     }
 
@@ -94,6 +107,8 @@ impl SigningKey {
             SigningKey::RS256(k) => k.key_id().as_deref(),
             SigningKey::ES256(k) => k.key_id().as_deref(),
             SigningKey::EdDSA(k) => k.key_id().as_deref(),
+            SigningKey::PS256(k) => k.key_id().as_deref(),
+            SigningKey::ES384(k) => k.key_id().as_deref(),
         }
     }
 
@@ -106,6 +121,15 @@ impl SigningKey {
             SigningKey::RS256(k) => {
                 let c = k.public_key().to_components();
                 json!({"kty": "RSA", "n": b64(&c.n), "e": b64(&c.e)})
+            }
+            SigningKey::PS256(k) => {
+                let c = k.public_key().to_components();
+                json!({"kty": "RSA", "n": b64(&c.n), "e": b64(&c.e)})
+            }
+            SigningKey::ES384(k) => {
+                let point = k.public_key().public_key().to_bytes_uncompressed();
+                let (x, y) = (point.get(1..49).unwrap_or_default(), point.get(49..97).unwrap_or_default());
+                json!({"kty": "EC", "crv": "P-384", "x": b64(x), "y": b64(y)})
             }
             SigningKey::ES256(k) => {
                 let point = k.public_key().public_key().to_bytes_uncompressed();
@@ -149,6 +173,8 @@ impl SigningKey {
             SigningKey::RS256(k) => k.sign_with_options(claims, &options),
             SigningKey::ES256(k) => k.sign_with_options(claims, &options),
             SigningKey::EdDSA(k) => k.sign_with_options(claims, &options),
+            SigningKey::PS256(k) => k.sign_with_options(claims, &options),
+            SigningKey::ES384(k) => k.sign_with_options(claims, &options),
         }
         .map_err(dev_err)
     }
@@ -172,6 +198,8 @@ impl SigningKey {
             SigningKey::RS256(k) => k.to_pem().map_err(dev_err)?,
             SigningKey::ES256(k) => k.to_pem().map_err(dev_err)?,
             SigningKey::EdDSA(k) => k.to_pem(),
+            SigningKey::PS256(k) => k.to_pem().map_err(dev_err)?,
+            SigningKey::ES384(k) => k.to_pem().map_err(dev_err)?,
         };
         let doc = json!({
             "warning": "development key made by `meshward dev keygen`; not for production",
@@ -194,12 +222,16 @@ impl SigningKey {
             "RS256" => SigningKey::RS256(RS256KeyPair::from_pem(pem).map_err(dev_err)?),
             "ES256" => SigningKey::ES256(ES256KeyPair::from_pem(pem).map_err(dev_err)?),
             "EdDSA" => SigningKey::EdDSA(Ed25519KeyPair::from_pem(pem).map_err(dev_err)?),
+            "PS256" => SigningKey::PS256(PS256KeyPair::from_pem(pem).map_err(dev_err)?),
+            "ES384" => SigningKey::ES384(ES384KeyPair::from_pem(pem).map_err(dev_err)?),
             other => return Err(DevError(format!("unsupported key algorithm {other:?}"))),
         };
         Ok(match (key, kid) {
             (SigningKey::RS256(k), Some(kid)) => SigningKey::RS256(k.with_key_id(kid)),
             (SigningKey::ES256(k), Some(kid)) => SigningKey::ES256(k.with_key_id(kid)),
             (SigningKey::EdDSA(k), Some(kid)) => SigningKey::EdDSA(k.with_key_id(kid)),
+            (SigningKey::PS256(k), Some(kid)) => SigningKey::PS256(k.with_key_id(kid)),
+            (SigningKey::ES384(k), Some(kid)) => SigningKey::ES384(k.with_key_id(kid)),
             (key, None) => key,
         })
     }

@@ -916,6 +916,7 @@ fn jwk_type_and_alg_must_fit_the_tokens_alg() {
             SigningKey::RS256(_) => sign_with_kid_rs256(kid),
             SigningKey::ES256(_) => sign_with_kid_es256(kid),
             SigningKey::EdDSA(_) => raw(&json!({"alg": "EdDSA", "kid": kid}).to_string(), &payload()),
+            SigningKey::PS256(_) | SigningKey::ES384(_) => unreachable!("not in the list above"),
         };
         assert_eq!(verify(&relabelled), Err(Reason::TokenKeyUnknown), "{:?} as {kid}", key.algorithm());
     }

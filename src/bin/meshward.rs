@@ -123,6 +123,10 @@ enum KeyAlg {
     Es256,
     #[value(name = "EdDSA")]
     EdDsa,
+    #[value(name = "PS256")]
+    Ps256,
+    #[value(name = "ES384")]
+    Es384,
 }
 
 #[derive(Subcommand)]
@@ -318,6 +322,8 @@ fn dev(command: DevCommand, out: &mut dyn Write) -> Result<(), Failure> {
                 KeyAlg::Rs256 => Algorithm::RS256,
                 KeyAlg::Es256 => Algorithm::ES256,
                 KeyAlg::EdDsa => Algorithm::EdDSA,
+                KeyAlg::Ps256 => Algorithm::PS256,
+                KeyAlg::Es384 => Algorithm::ES384,
             };
             let file = SigningKey::generate(alg, &kid).and_then(|k| k.to_file()).map_err(fail)?;
             match file_path {
