@@ -6,7 +6,7 @@
 #               at the newest and oldest supported versions, a real registry), benchmark smoke runs
 #   make fuzz   a bounded run of each fuzz target (FUZZ_SECONDS each)
 #   make bench  criterion benchmarks of the core
-#   make bench-envoy  the Envoy load benchmark: meshward vs a no-op wasm filter and jwt_authn + rbac
+#   make bench-envoy  the Envoy load benchmark: meshward vs a no-op wasm filter, a floor filter and jwt_authn + rbac
 #   make image  the plugin as an OCI image for Istio's WasmPlugin (target/meshward-image)
 #   make demo-registry  a real OCI registry behind meshward, driven by skopeo
 #
@@ -42,6 +42,8 @@ WASM_TEST_TARGET := wasm32-unknown-unknown
 WASM_BINDGEN_VERSION := 0.2.130
 # The no-op wasm filter of the Envoy load benchmark (benches/envoy/noop).
 NOOP_WASM        := target/noop-wasm/$(WASM_TARGET)/release/meshward_bench_noop.wasm
+# The floor filter of the Envoy load benchmark (benches/envoy/floor): target 1's baseline.
+FLOOR_WASM       := target/floor-wasm/$(WASM_TARGET)/release/meshward_bench_floor.wasm
 BENCH_ENVOY_ARGS ?=
 # Every tests/e2e_*.rs, so a new end-to-end file is part of the compatibility run.
 E2E_TESTS        := $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs))
@@ -142,7 +144,9 @@ bench:
 # BENCH_ENVOY_ARGS=--quick for a smoke run (about 35 s).
 bench-envoy: envoy wasm cli wrk
 	cargo build --release --target $(WASM_TARGET) --manifest-path benches/envoy/noop/Cargo.toml --target-dir target/noop-wasm
-	$(PYTHON) benches/envoy/load.py --envoy $(ENVOY) --wasm $(WASM) --noop-wasm $(NOOP_WASM) --cli $(CLI) $(BENCH_ENVOY_ARGS)
+	cargo build --release --target $(WASM_TARGET) --manifest-path benches/envoy/floor/Cargo.toml --target-dir target/floor-wasm
+	$(PYTHON) benches/envoy/load.py --envoy $(ENVOY) --wasm $(WASM) --noop-wasm $(NOOP_WASM) \
+		--floor-wasm $(FLOOR_WASM) --cli $(CLI) $(BENCH_ENVOY_ARGS)
 
 # Debian's wrk, the load generator of bench-envoy.
 wrk:

@@ -6,6 +6,11 @@ Every setup runs in its own Envoy, all from the same binary, each with `--concur
 
   passthrough            router only
   noop-wasm              a wasm filter that reads one header (benches/envoy/noop): the floor for wasm
+  floor                  the least any token filter must do (benches/envoy/floor): reads token, method,
+                         path and authority (one host call each), looks the token up in a map, sets one
+                         identity header, counts one metric; no crypto, no policy (target 1's baseline)
+  floor-map              the same, reading the whole header map in one host call (the cheaper of the
+                         two is the floor of the summary)
   jwt+rbac               native jwt_authn (jwt_cache_config) + rbac, a policy equivalent to meshward's
   meshward-hot           meshward, the same 100 rules, token cache on (default settings)
   meshward-hot-noaudit   the same with audit_allow_sample_rate 0 (informational: the audit's share)
@@ -473,13 +478,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--wasm", default=str(REPO / "target/meshward.wasm"), help="meshward's module")
     parser.add_argument("--noop-wasm", default=str(
         REPO / "target/noop-wasm/wasm32-wasip1/release/meshward_bench_noop.wasm"), help="the no-op module")
+    parser.add_argument("--floor-wasm", default=str(
+        REPO / "target/floor-wasm/wasm32-wasip1/release/meshward_bench_floor.wasm"), help="the floor module")
     parser.add_argument("--cli", default=str(REPO / "target/debug/meshward"), help="meshward's CLI")
     parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run (default 5)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds, the first discarded (default 5)")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, 2 rounds")
     parser.add_argument("--only", metavar="SETUP,...",
-                        help="run only these setups (passthrough and noop-wasm, the baselines, always run)")
+                        help="run only these setups (passthrough, noop-wasm and floor, the baselines, always run)")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 1, 2
@@ -494,7 +501,7 @@ def check_tools(args: argparse.Namespace) -> None:
         missing.append("wrk (Debian: apt-get install -y wrk)")
     if not shutil.which("taskset"):
         missing.append("taskset (Debian: util-linux)")
-    for option in ("envoy", "wasm", "noop_wasm", "cli"):
+    for option in ("envoy", "wasm", "noop_wasm", "floor_wasm", "cli"):
         if not Path(getattr(args, option)).is_file():
             missing.append(f"--{option.replace('_', '-')} {getattr(args, option)} (not a file)")
     if os.cpu_count() is None or os.cpu_count() < 2:
@@ -512,7 +519,7 @@ def snapshot(module: str, workdir: Path) -> Path:
     return copy
 
 
-def make_setups(jwks: dict, meshward: Path, noop: Path) -> list[Setup]:
+def make_setups(jwks: dict, meshward: Path, noop: Path, floor: Path) -> list[Setup]:
     rules = policy_rules(RULES)
     rbac = rbac_filters(rules)
 
@@ -522,6 +529,8 @@ def make_setups(jwks: dict, meshward: Path, noop: Path) -> list[Setup]:
     setups = [
         Setup("passthrough", []),
         Setup("noop-wasm", [wasm_filter("noop", noop, None)]),
+        Setup("floor", [wasm_filter("floor", floor, "headers")]),
+        Setup("floor-map", [wasm_filter("floor", floor, "map")]),
         Setup("jwt+rbac", [jwt_authn_filter("EdDSA", jwks["EdDSA"], cache=True), *rbac], auth=True,
               cache_stats=JWT_CACHE, cached=True),
         Setup("meshward-hot", meshward_filter({}), auth=True, cache_stats=MESHWARD_CACHE, cached=True),
@@ -618,7 +627,13 @@ def print_report(setups: list[Setup], config_lines: list[str], startup: dict[str
 
     print("\nTargets (performance.md): ratio of median requests/s; 'by CPU' is the same ratio computed from\n"
           "CPU per request (baseline / setup), less sensitive to a shared core")
-    targets = [("hot path / no-op wasm", "meshward-hot", "noop-wasm", 0.95),
+    # Target 1's baseline: the cheaper way for the floor filter to read the request.
+    floors = [name for name in ("floor", "floor-map") if name in rps]
+    floor = max(floors, key=lambda name: rps[name]) if floors else None
+    targets = [(f"hot path / floor ({floor})", "meshward-hot", floor, 0.95)] if floor else []
+    targets += [("floor / no-op wasm", floor, "noop-wasm", None),
+                ("floor / jwt_authn (cached) + rbac", floor, "jwt+rbac", None)] if floor else []
+    targets += [("hot path / no-op wasm", "meshward-hot", "noop-wasm", 0.95),
                ("hot path / jwt_authn (cached) + rbac", "meshward-hot", "jwt+rbac", 0.9)]
     targets += [(f"cold {alg} / jwt_authn no cache {alg}", f"meshward-cold-{alg}", f"jwt+rbac-nocache-{alg}",
                  COLD_TARGETS[alg]) for alg in ALGORITHMS]
@@ -649,6 +664,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="meshward-envoy-bench-") as tmp:
         workdir = Path(tmp)
         meshward, noop = snapshot(args.wasm, workdir), snapshot(args.noop_wasm, workdir)
+        floor = snapshot(args.floor_wasm, workdir)
         jwks, tokens, denied_tokens = {}, {}, {}
         for alg in ALGORITHMS:
             key = workdir / f"key-{alg}.json"
@@ -657,9 +673,9 @@ def main() -> int:
             tokens[alg] = mint(args.cli, key, alg, {}, f"bench-{alg}")
             denied_tokens[alg] = {case: mint(args.cli, key, alg, changes, f"bench-{alg}-{n}")
                                   for n, (case, changes) in enumerate(DENIED.items())}
-        setups = make_setups(jwks, meshward, noop)
+        setups = make_setups(jwks, meshward, noop, floor)
         if args.only:
-            wanted = {"passthrough", "noop-wasm", *args.only.split(",")}
+            wanted = {"passthrough", "noop-wasm", "floor", *args.only.split(",")}
             unknown = wanted - {s.name for s in setups}
             if unknown:
                 raise BenchError(f"--only: no setup named {', '.join(sorted(unknown))}")
