@@ -284,14 +284,9 @@ fn narrow_hosts(hosts: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<
     out
 }
 
-/// Paths: unused entries go; a prefix or template used by a few paths becomes them (templates
-/// only when no condition reads their captures); a prefix used by more becomes a deeper prefix.
-fn narrow_paths(
-    paths: &[PathConfig],
-    seen: &Seen,
-    keep_templates: bool,
-    unused: &mut Vec<String>,
-) -> Vec<PathConfig> {
+/// Paths: unused entries go; a prefix used by a few paths becomes them, by more a deeper prefix.
+/// A used template stays: its captures stand for data (an order id), and conditions may read them.
+fn narrow_paths(paths: &[PathConfig], seen: &Seen, unused: &mut Vec<String>) -> Vec<PathConfig> {
     if seen.overflow {
         return paths.to_vec();
     }
@@ -317,8 +312,7 @@ fn narrow_paths(
             }
         };
         match written {
-            PathConfig::Exact(_) => add(written.clone()),
-            PathConfig::Template(_) if keep_templates => add(written.clone()),
+            PathConfig::Exact(_) | PathConfig::Template(_) => add(written.clone()),
             _ if matched.len() <= READABLE_FLOOR => {
                 for p in matched {
                     add(PathConfig::Exact(p.clone()));
@@ -333,7 +327,6 @@ fn narrow_paths(
                     add(written.clone());
                 }
             }
-            PathConfig::Template(_) => add(written.clone()),
         }
     }
     out
@@ -426,7 +419,11 @@ fn narrow(rule: &mut RuleConfig, usage: &Usage) -> Narrowing {
     let mut unused = Vec::new();
     let mut gone = Vec::new();
     let mut note = |what: &str, old: Vec<String>, new: Vec<String>, gone: &mut Vec<String>| {
-        unused.extend(gone.drain(..).map(|e| format!("{} {e}", what.trim_end_matches('s'))));
+        // `subjects` -> `subject`, `repositories` -> `repository`.
+        let one = what
+            .strip_suffix("ies")
+            .map_or_else(|| what.trim_end_matches('s').to_owned(), |w| format!("{w}y"));
+        unused.extend(gone.drain(..).map(|e| format!("{one} {e}")));
         if old != new && !new.is_empty() {
             changes.push(format!("{what}: {} -> {}", old.join(", "), new.join(", ")));
             Some(new)
@@ -458,7 +455,7 @@ fn narrow(rule: &mut RuleConfig, usage: &Usage) -> Narrowing {
         }
     }
     if !rule.paths.is_empty() {
-        let new = narrow_paths(&rule.paths, &usage.paths, !rule.conditions.is_empty(), &mut gone);
+        let new = narrow_paths(&rule.paths, &usage.paths, &mut gone);
         let text = |ps: &[PathConfig]| ps.iter().map(path_text).collect::<Vec<_>>();
         if note("paths", text(&rule.paths), text(&new), &mut gone).is_some() {
             rule.paths = new;
@@ -570,7 +567,11 @@ fn proposed_document(
     for (index, rule) in rules {
         let Some(rule) = rule else { continue };
         let mut value = written.get(*index).cloned().unwrap_or(Yaml::Null);
-        let proposed = serde_norway::to_value(rule).map_err(|e| Failure::usage(e.to_string()))?;
+        // Through JSON: YAML would write enums (`{"exact": ...}`) as tags (`!exact`).
+        let proposed = serde_json::to_value(rule)
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_norway::to_value(v).map_err(|e| e.to_string()))
+            .map_err(Failure::usage)?;
         // Keep the rule's own fields and their order; replace only what the proposal changes.
         if let (Yaml::Mapping(map), Yaml::Mapping(new)) = (&mut value, &proposed) {
             for key in ["subjects", "peers", "hosts", "methods", "paths", "registry", "expires_at"] {
@@ -727,8 +728,11 @@ pub fn run(args: &TightenArgs, out: &mut dyn Write) -> Result<(), Failure> {
 
     let before_rules = old.config.rules.len();
     let before_grants = sum_grants(old.config.rules.iter());
-    let after: Vec<RuleConfig> =
-        proposal.get("rules").and_then(|r| serde_norway::from_value(r.clone()).ok()).unwrap_or_default();
+    let after: Vec<RuleConfig> = proposal
+        .get("rules")
+        .and_then(|r| serde_json::to_value(r).ok())
+        .and_then(|r| serde_json::from_value(r).ok())
+        .unwrap_or_default();
     let after_grants = sum_grants(after.iter());
     // Grants nothing recorded needs: unused rules and unused entries (narrowed wildcards are not).
     let unused_grants: usize = reports
@@ -945,15 +949,12 @@ mod tests {
     fn prefixes_narrow_to_exact_paths_or_a_deeper_prefix() {
         let paths = vec![PathConfig::Prefix("/api".into()), PathConfig::Exact("/health".into())];
         assert_eq!(
-            narrow_paths(&paths, &seen(&["/api/v1/x"]), false, &mut Vec::new()),
+            narrow_paths(&paths, &seen(&["/api/v1/x"]), &mut Vec::new()),
             vec![PathConfig::Exact("/api/v1/x".into())]
         );
         let mut unused = Vec::new();
         let many = seen(&["/api/v1/a", "/api/v1/b", "/api/v1/c", "/api/v1/d/e", "/api/v1/f"]);
-        assert_eq!(
-            narrow_paths(&paths, &many, false, &mut unused),
-            vec![PathConfig::Prefix("/api/v1".into())]
-        );
+        assert_eq!(narrow_paths(&paths, &many, &mut unused), vec![PathConfig::Prefix("/api/v1".into())]);
         assert_eq!(unused, vec!["/health".to_string()]);
     }
 }
