@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use meshward::cli::{self, access, bundle, check, corpus, diff, explain, replay};
+use meshward::cli::{self, access, bundle, check, corpus, diff, explain, replay, tighten};
 use meshward::dev::{jwks, SigningKey, TokenSpec};
 use meshward::render::{envoy_bootstrap, EnvoyOptions, MODULE_PATH};
 use meshward::token::Algorithm;
@@ -38,6 +38,8 @@ enum Command {
     Diff(diff::DiffArgs),
     /// Show the effective access: what each identity can reach, and until when.
     Access(access::AccessArgs),
+    /// Propose the least-privilege bundle that still allows every recorded allowed request.
+    Tighten(tighten::TightenArgs),
     /// Render deployable configuration from a bundle.
     Render {
         #[command(subcommand)]
@@ -241,6 +243,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
         Command::Explain(args) => Ok(explain::run(&args, out)?),
         Command::Diff(args) => Ok(diff::run(&args, out)?),
         Command::Access(args) => Ok(access::run(&args, out)?),
+        Command::Tighten(args) => Ok(tighten::run(&args, out)?),
         Command::Render {
             target:
                 RenderTarget::Envoy {

@@ -19,6 +19,7 @@ pub mod lint;
 mod progress;
 pub mod records;
 pub mod replay;
+pub mod tighten;
 
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
