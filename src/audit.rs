@@ -267,10 +267,10 @@ impl<'a> KeyFetchRecord<'a> {
         bundle: &'a str,
         issuer: &'a str,
         path: &'a str,
-        outcome: &crate::remote::FetchOutcome,
+        outcome: &crate::token::remote::FetchOutcome,
         time: u64,
     ) -> Self {
-        use crate::remote::FetchOutcome;
+        use crate::token::remote::FetchOutcome;
         let detail = match outcome {
             FetchOutcome::Installed { keys, skipped } if skipped.is_empty() => format!("{keys} keys in use"),
             FetchOutcome::Installed { keys, skipped } => {

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::engine::Engine;
 use crate::policy::{Mode, Policy, Rule, RuleConfig};
-use crate::profile::{valid_trust_domain, Profile};
+use crate::token::profile::{valid_trust_domain, Profile};
 use crate::token::{Algorithm, Issuer, IssuerSpec, Issuers};
 
 /// Why a configuration was refused: the field, and what is wrong with it.
@@ -127,7 +127,7 @@ pub struct IssuerConfig {
     /// Fetch the issuer's keys (JWKS URI or OIDC discovery) through an Envoy cluster, refreshed
     /// periodically; used together with any inline `jwks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote_jwks: Option<crate::remote::RemoteJwksConfig>,
+    pub remote_jwks: Option<crate::token::remote::RemoteJwksConfig>,
     /// Opt-in to HMAC: the shared secret, base64url (at least 32 bytes). Never needed otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac_secret: Option<String>,
@@ -186,7 +186,7 @@ pub struct Settings {
     /// Remove the `Authorization` header before the request goes upstream.
     pub remove_token: bool,
     /// Where to look for the token, in order (default `Authorization: Bearer`).
-    pub token_sources: Vec<crate::source::TokenSourceConfig>,
+    pub token_sources: Vec<crate::token::source::TokenSourceConfig>,
     /// Share of allowed reads (GET, HEAD, OPTIONS) to audit, 0.0 to 1.0; denials, writes,
     /// dry-run disagreements and break-glass decisions are always audited.
     pub audit_allow_sample_rate: f64,
@@ -208,7 +208,7 @@ impl Default for Settings {
             token_cache_entries: 10_000,
             claim_headers: Default::default(),
             remove_token: false,
-            token_sources: crate::source::default_sources(),
+            token_sources: crate::token::source::default_sources(),
             audit_allow_sample_rate: 1.0,
             audit_filter_state: false,
             hide_deny_reason: false,
@@ -272,7 +272,7 @@ impl BundleConfig {
         let mut token_sources = Vec::new();
         for (i, source) in s.token_sources.iter().enumerate() {
             token_sources.push(
-                crate::source::TokenSource::compile(source)
+                crate::token::source::TokenSource::compile(source)
                     .map_err(|e| ConfigError::new(format!("settings.token_sources[{i}]"), e))?,
             );
         }

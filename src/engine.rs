@@ -6,12 +6,12 @@ use std::collections::HashSet;
 use std::rc::Rc;
 
 use crate::audit::AuditSampler;
-use crate::cache::{digest, CacheStats, TokenCache};
 use crate::config::{Revoked, Settings};
 use crate::decision::{Decision, Reason};
 use crate::policy::{Evaluation, Mode, Policy, PolicyInput};
 use crate::request::RequestTarget;
-use crate::source::{find_token, TokenSource};
+use crate::token::cache::{digest, CacheStats, TokenCache};
+use crate::token::source::{find_token, TokenSource};
 use crate::token::{Issuers, VerifiedToken};
 
 /// What the plugin reads from a request. Borrowed from the host's header map.
@@ -167,8 +167,8 @@ impl Engine {
         &self.issuers
     }
 
-    /// Has `host` check the RSA PKCS#1 v1.5 and ECDSA signatures (see [`crate::hostcrypto`]).
-    pub fn set_signature_host(&mut self, host: Box<dyn crate::hostcrypto::SignatureHost>) {
+    /// Has `host` check the RSA PKCS#1 v1.5 and ECDSA signatures (see [`crate::token::hostcrypto`]).
+    pub fn set_signature_host(&mut self, host: Box<dyn crate::token::hostcrypto::SignatureHost>) {
         self.issuers.set_signature_host(host);
     }
 
@@ -188,8 +188,8 @@ impl Engine {
         self.issuers.iter().any(|i| i.certificate_binding != crate::token::CertificateBinding::Off)
     }
 
-    /// The remote key fetches due now (see [`crate::remote`]); each is marked in flight.
-    pub fn due_key_fetches(&self, now: u64) -> Vec<crate::remote::Fetch> {
+    /// The remote key fetches due now (see [`crate::token::remote`]); each is marked in flight.
+    pub fn due_key_fetches(&self, now: u64) -> Vec<crate::token::remote::Fetch> {
         self.issuers.due_fetches(now)
     }
 
@@ -201,10 +201,10 @@ impl Engine {
         status: Option<u32>,
         body: Option<&[u8]>,
         now: u64,
-    ) -> crate::remote::FetchOutcome {
+    ) -> crate::token::remote::FetchOutcome {
         match self.issuers.get(issuer) {
             Some(i) => i.fetch_completed(path, status, body, now),
-            None => crate::remote::FetchOutcome::Failed(format!("no issuer named {issuer:?}")),
+            None => crate::token::remote::FetchOutcome::Failed(format!("no issuer named {issuer:?}")),
         }
     }
 

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use meshward::audit::AuditRecord;
-use meshward::dev::{SigningKey, TokenSpec};
+use meshward::cli::dev::{SigningKey, TokenSpec};
 use meshward::{BundleConfig, HttpRequest};
 use serde_json::{json, Value};
 
@@ -205,7 +205,7 @@ fn lint_fixture() -> Value {
     let key = SigningKey::demo("k");
     let issuer = |name: &str, iss: &str, lifetime: Option<u64>| {
         let mut i = json!({"name": name, "issuer": iss, "audiences": ["api"], "algorithms": ["ES256"],
-                           "jwks": meshward::dev::jwks(&[&key])});
+                           "jwks": meshward::cli::dev::jwks(&[&key])});
         if let Some(l) = lifetime {
             i["max_lifetime_seconds"] = json!(l);
         }

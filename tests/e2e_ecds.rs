@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use meshward::dev::{jwks, SigningKey, TokenSpec};
+use meshward::cli::dev::{jwks, SigningKey, TokenSpec};
 use meshward::token::Algorithm;
 use serde_json::{json, Value};
 use support::{free_port, scratch_dir, wasm_module, Envoy, Started};

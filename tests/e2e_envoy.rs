@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use meshward::dev::{jwks, SigningKey, TokenSpec};
+use meshward::cli::dev::{jwks, SigningKey, TokenSpec};
 use meshward::token::Algorithm;
 use serde_json::json;
 use support::{Envoy, Response, Started};

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use meshward::dev::{jwks, SigningKey, TokenSpec};
+use meshward::cli::dev::{jwks, SigningKey, TokenSpec};
 use meshward::token::Algorithm;
 use serde_json::json;
 use support::Envoy;

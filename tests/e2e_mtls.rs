@@ -11,7 +11,7 @@ mod support;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use meshward::dev::{jwks, SigningKey, TokenSpec};
+use meshward::cli::dev::{jwks, SigningKey, TokenSpec};
 use meshward::token::Algorithm;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, Ia5String, IsCa,

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use meshward::dev::{SigningKey, TokenSpec};
-use meshward::render::{envoy_bootstrap, EnvoyOptions};
+use meshward::cli::dev::{SigningKey, TokenSpec};
+use meshward::cli::render::{envoy_bootstrap, EnvoyOptions};
 use serde_json::Value;
 use support::{free_port, http, scratch_dir, wasm_module, Envoy};
 

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use meshward::dev::{jwks, SigningKey, TokenSpec};
+use meshward::cli::dev::{jwks, SigningKey, TokenSpec};
 use meshward::token::Algorithm;
 use meshward::{BundleConfig, Engine, HttpRequest, Reason};
 use serde_json::json;
@@ -386,7 +386,7 @@ fn bad_keys_in_a_key_set_are_skipped_and_the_good_ones_used() {
     assert_eq!(engine.due_key_fetches(NOW).len(), 1);
     let body = json!({"keys": keys}).to_string();
     match engine.key_fetch_completed("i", "/jwks", Some(200), Some(body.as_bytes()), NOW) {
-        meshward::remote::FetchOutcome::Installed { keys, skipped } => {
+        meshward::token::remote::FetchOutcome::Installed { keys, skipped } => {
             assert_eq!((keys, skipped.len()), (1, 4))
         }
         other => panic!("{other:?}"),

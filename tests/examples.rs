@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use meshward::dev::{SigningKey, TokenSpec};
-use meshward::render::{envoy_bootstrap, EnvoyOptions};
+use meshward::cli::dev::{SigningKey, TokenSpec};
+use meshward::cli::render::{envoy_bootstrap, EnvoyOptions};
 use meshward::{BundleConfig, HttpRequest, Reason};
 use serde_json::json;
 

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-//! The host signature path (`meshward::hostcrypto`) natively: the wire encoding it sends to Envoy's
+//! The host signature path (`meshward::token::hostcrypto`) natively: the wire encoding it sends to Envoy's
 //! `verify_signature`, and the differential test against the pure-Rust path, with a stand-in host
 //! built on the native `p256`/`p384`/`rsa` crates reading the DER keys and signatures meshward
 //! produces (the same test runs in real Envoy, against BoringSSL, in tests/e2e_hostcrypto.rs).
@@ -10,7 +10,7 @@ mod cases;
 use std::cell::Cell;
 use std::rc::Rc;
 
-use meshward::hostcrypto::{
+use meshward::token::hostcrypto::{
     decode_result, ecdsa_signature_der, encode_arguments, probe, HashFunction, HostCryptoError, SignatureHost,
 };
 use meshward::{BundleConfig, Engine, Reason};

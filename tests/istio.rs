@@ -9,8 +9,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use meshward::istio::{wasm_plugin, WasmPluginOptions};
-use meshward::render::meshward_http_filter;
+use meshward::cli::istio::{wasm_plugin, WasmPluginOptions};
+use meshward::cli::render::meshward_http_filter;
 use meshward::BundleConfig;
 use serde_json::{json, Value};
 use support::Envoy;
@@ -290,14 +290,15 @@ static_resources:
 #[test]
 fn with_istio_path_normalization_meshward_authorizes_the_path_the_upstream_receives() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let spec = meshward::dev::TokenSpec::new(
+    let spec = meshward::cli::dev::TokenSpec::new(
         "https://issuer.example.internal",
         "spiffe://example.internal/ci/builder/web",
         "registry.example.internal",
         now,
         300,
     );
-    let builder = format!("Bearer {}", meshward::dev::SigningKey::demo("demo-2026-1").sign(&spec).unwrap());
+    let builder =
+        format!("Bearer {}", meshward::cli::dev::SigningKey::demo("demo-2026-1").sign(&spec).unwrap());
     let put = |envoy: &Envoy, path: &str| {
         envoy.request("PUT", path, &[("Host", "registry.example.internal"), ("Authorization", &builder)])
     };

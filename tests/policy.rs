@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use meshward::dev::{jwks, SigningKey, TokenSpec};
+use meshward::cli::dev::{jwks, SigningKey, TokenSpec};
 use meshward::policy::{Mismatch, PolicyInput};
 use meshward::request::RequestTarget;
 use meshward::token::Algorithm;

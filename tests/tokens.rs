@@ -15,7 +15,7 @@ use jwt_simple::prelude::{
     Audiences, ES256KeyPair, HS256Key, JWTClaims, MACLike, NoCustomClaims, PS256KeyPair, RSAKeyPairLike,
     UnixTimeStamp,
 };
-use meshward::dev::{SigningKey, TokenSpec};
+use meshward::cli::dev::{SigningKey, TokenSpec};
 use meshward::token::{bearer_token, Algorithm};
 use meshward::{BundleConfig, Decision, Engine, HttpRequest, Reason, VerifiedToken};
 use serde_json::{json, Map, Value};

@@ -25,7 +25,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
-use meshward::dev::{jwks, SigningKey, TokenSpec};
+use meshward::cli::dev::{jwks, SigningKey, TokenSpec};
 use meshward::token::{bearer_token, Algorithm, VerifiedToken};
 use meshward::{BundleConfig, Engine, HttpRequest};
 use serde_json::{json, Map, Value};

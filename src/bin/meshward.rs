@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use meshward::cli::dev::{jwks, SigningKey, TokenSpec};
+use meshward::cli::render::{envoy_bootstrap, EnvoyOptions, MODULE_PATH};
 use meshward::cli::{self, access, bundle, check, corpus, diff, explain, replay, tighten};
-use meshward::dev::{jwks, SigningKey, TokenSpec};
-use meshward::render::{envoy_bootstrap, EnvoyOptions, MODULE_PATH};
 use meshward::token::Algorithm;
 
 #[derive(Parser)]
@@ -100,13 +100,13 @@ enum RenderTarget {
         #[arg(long)]
         digest: String,
         /// The WasmPlugin's namespace; the root namespace (default) without --selector is mesh-wide.
-        #[arg(long, default_value = meshward::istio::ROOT_NAMESPACE)]
+        #[arg(long, default_value = meshward::cli::istio::ROOT_NAMESPACE)]
         namespace: String,
         /// Limit to workloads with this label (LABEL=VALUE; repeatable).
         #[arg(long = "selector", value_name = "LABEL=VALUE")]
         selectors: Vec<String>,
         /// The WasmPlugin's name.
-        #[arg(long, default_value = meshward::istio::DEFAULT_NAME)]
+        #[arg(long, default_value = meshward::cli::istio::DEFAULT_NAME)]
         name: String,
         /// A Kubernetes secret (in the same namespace) to pull the image with.
         #[arg(long)]
@@ -285,11 +285,11 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
             let mut selector = Vec::new();
             for s in selectors {
                 let (label, value) = s.split_once('=').ok_or_else(|| {
-                    Failure(2, meshward::istio::IstioError::Selector(s.clone()).to_string())
+                    Failure(2, meshward::cli::istio::IstioError::Selector(s.clone()).to_string())
                 })?;
                 selector.push((label.to_owned(), value.to_owned()));
             }
-            let options = meshward::istio::WasmPluginOptions {
+            let options = meshward::cli::istio::WasmPluginOptions {
                 bundle_path: bundle.display().to_string(),
                 name,
                 namespace,
@@ -300,12 +300,13 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                 pull_secret,
             };
             let manifest =
-                meshward::istio::wasm_plugin(&json, &options).map_err(|e| Failure(2, e.to_string()))?;
+                meshward::cli::istio::wasm_plugin(&json, &options).map_err(|e| Failure(2, e.to_string()))?;
             write!(out, "{manifest}")?;
             Ok(())
         }
         Command::Image { wasm, out: dir, tag } => {
-            let image = meshward::image::build(&wasm, &dir, &tag).map_err(|e| Failure(2, e.to_string()))?;
+            let image =
+                meshward::cli::image::build(&wasm, &dir, &tag).map_err(|e| Failure(2, e.to_string()))?;
             write!(out, "{}", image.summary())?;
             Ok(())
         }
@@ -317,7 +318,7 @@ fn load_key(path: &Path) -> Result<SigningKey, Failure> {
 }
 
 fn dev(command: DevCommand, out: &mut dyn Write) -> Result<(), Failure> {
-    let fail = |e: meshward::dev::DevError| Failure(2, e.to_string());
+    let fail = |e: meshward::cli::dev::DevError| Failure(2, e.to_string());
     match command {
         DevCommand::Corpus(args) => corpus::run(&args, out)?,
         DevCommand::Keygen { alg, kid, out: file_path } => {

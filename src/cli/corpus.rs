@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use super::records::{HeaderValue, RequestRecord};
 use super::{parse_time, Failure};
-use crate::dev::{SigningKey, TokenSpec};
+use crate::cli::dev::{SigningKey, TokenSpec};
 use crate::policy::Timestamp;
 
 /// `meshward dev corpus` arguments.

@@ -13,11 +13,15 @@ pub mod accesslog;
 pub mod bundle;
 pub mod check;
 pub mod corpus;
+pub mod dev;
 pub mod diff;
 pub mod explain;
+pub mod image;
+pub mod istio;
 pub mod lint;
 mod progress;
 pub mod records;
+pub mod render;
 pub mod replay;
 pub mod tighten;
 

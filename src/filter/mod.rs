@@ -18,7 +18,7 @@ use crate::audit::{AuditRecord, KeyFetchRecord, LoadRecord};
 use crate::config::BundleConfig;
 use crate::decision::Reason;
 use crate::engine::{Engine, HttpRequest, Outcome};
-use crate::remote::FetchOutcome;
+use crate::token::remote::FetchOutcome;
 
 mod metrics;
 mod request;
@@ -110,8 +110,9 @@ impl RootContext for Root {
         let now = now_secs().unwrap_or(0);
         match compiled {
             Ok((mut engine, warnings)) => {
-                let host_signatures =
-                    self.host_signatures.get_or_insert_with(|| crate::hostcrypto::probe(&EnvoySignatures));
+                let host_signatures = self
+                    .host_signatures
+                    .get_or_insert_with(|| crate::token::hostcrypto::probe(&EnvoySignatures));
                 let backend = match host_signatures {
                     Ok(()) => {
                         engine.set_signature_host(Box::new(EnvoySignatures));

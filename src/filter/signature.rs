@@ -2,7 +2,7 @@
 
 use proxy_wasm::hostcalls;
 
-use crate::hostcrypto::{self, HashFunction, HostCryptoError, SignatureHost};
+use crate::token::hostcrypto::{self, HashFunction, HostCryptoError, SignatureHost};
 
 /// Signature checks through Envoy's `verify_signature`.
 pub(super) struct EnvoySignatures;

@@ -599,7 +599,7 @@ impl Rule {
         let subjects = globs(&cfg.subjects, "subjects")?;
         let peers = globs(&cfg.peers, "peers")?;
         for (j, profile) in cfg.profiles.iter().enumerate() {
-            if !crate::profile::Profile::NAMES.contains(&profile.as_str()) {
+            if !crate::token::profile::Profile::NAMES.contains(&profile.as_str()) {
                 return Err(e(&format!("profiles[{j}]"), format!("unknown profile {profile:?}")));
             }
         }

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use meshward::render::{envoy_bootstrap, EnvoyOptions};
+use meshward::cli::render::{envoy_bootstrap, EnvoyOptions};
 
 fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -25,7 +25,7 @@ pub fn envoy_binary() -> PathBuf {
 
 /// The release wasm module, built by `make test` before the end-to-end tests run.
 pub fn wasm_module() -> PathBuf {
-    let path = repo_path(meshward::render::MODULE_PATH);
+    let path = repo_path(meshward::cli::render::MODULE_PATH);
     assert!(path.exists(), "no module at {} — run `make test`, which builds it", path.display());
     path
 }

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jwt_simple::prelude::{ES256KeyPair, ES384KeyPair, PS256KeyPair};
-use meshward::dev::{SigningKey, TokenSpec};
+use meshward::cli::dev::{SigningKey, TokenSpec};
 use meshward::token::Algorithm;
 use rsa::signature::{SignatureEncoding, Signer};
 use rsa::traits::PublicKeyParts;

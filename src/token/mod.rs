@@ -6,6 +6,13 @@
 //! claims are then checked by `jwt-simple`, with a key whose algorithm comes from configuration, never
 //! from the token.
 
+pub mod cache;
+pub mod claims;
+pub mod hostcrypto;
+pub mod profile;
+pub mod remote;
+pub mod source;
+
 use std::collections::HashSet;
 use std::fmt;
 
@@ -19,9 +26,9 @@ use serde_json::{Map, Value};
 use std::cell::RefCell;
 
 use crate::decision::Reason;
-use crate::hostcrypto::{self, HashFunction, HostCryptoError, HostKey, SignatureHost};
-use crate::profile::Profile;
-use crate::remote::{Fetch, FetchOutcome, RemoteJwksConfig, RemoteKeys};
+use hostcrypto::{HashFunction, HostCryptoError, HostKey, SignatureHost};
+use profile::Profile;
+use remote::{Fetch, FetchOutcome, RemoteJwksConfig, RemoteKeys};
 
 /// The signature algorithms meshward accepts. There is deliberately no `none` and no HMAC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

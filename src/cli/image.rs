@@ -40,7 +40,7 @@ pub enum ImageError {
     Read { path: PathBuf, source: std::io::Error },
     #[error(
         "{0} is not a WebAssembly module (expected a core module, version 1, such as {module})",
-        module = crate::render::MODULE_PATH
+        module = crate::cli::render::MODULE_PATH
     )]
     NotWasm(PathBuf),
     #[error("refusing to write into {0}: it exists and is not an OCI image layout")]
