@@ -574,6 +574,25 @@ impl Rule {
         let headers = conditions(&cfg.headers, "headers", "header")?;
         let claims = conditions(&cfg.claims, "claims", "claim")?;
         let captures = conditions(&cfg.conditions, "conditions", "capture")?;
+        // A deny must fire if any split of the path satisfies its conditions, but captures bind one
+        // split only: rather than search every split, such a rule is refused (an allow rule is
+        // fine, as it allows only on the split it checked).
+        if cfg.effect == Effect::Deny {
+            for (j, (name, _)) in captures.iter().enumerate() {
+                let ambiguous = routes
+                    .iter()
+                    .any(|r| r.path.splits_ambiguously() && r.path.capture_names().any(|n| n == name));
+                if ambiguous {
+                    return Err(e(
+                        &format!("conditions[{j}]"),
+                        format!(
+                            "a deny rule cannot test capture {name:?} of a template with more than one `**`: \
+                             the path may split between them in several ways"
+                        ),
+                    ));
+                }
+            }
+        }
 
         for (j, name) in cfg.issuers.iter().enumerate() {
             if !issuer_names.contains(name) {
