@@ -309,6 +309,11 @@ fn bad_rules_are_refused_with_their_field() {
         ),
         (json!({"expires_at": "next tuesday"}), "rules[0].expires_at"),
         (json!({"registry": {"actions": ["pull"], "repositories": ["**"]}}), "rules[0].registry"),
+        // Issue 11 item 10: pattern sizes are bounded.
+        (json!({"paths": [{"template": "/**/a/**/b/**"}]}), "rules[0].paths[0]"),
+        (json!({"paths": [{"prefix": "/v1"}, {"template": "/{x:**}/a/{y:**}/b/**"}]}), "rules[0].paths[1]"),
+        (json!({"paths": [{"exact": "/a".repeat(33)}]}), "rules[0].paths[0]"),
+        (json!({"paths": [{"template": "/*".repeat(33)}]}), "rules[0].paths[0]"),
         // Issue 11 item 6: a deny rule's conditions cannot test a capture whose split is ambiguous.
         (
             json!({"effect": "deny", "paths": [{"template": "/{a:**}/{b:**}"}], "conditions": [{"capture": "a", "equals": "x"}]}),

@@ -392,6 +392,13 @@ impl Test {
 /// rule is better written as several.
 pub const MAX_ROUTES: usize = 1_000_000;
 
+/// The most `**` / `{name:**}` segments in one path template.
+pub const MAX_DOUBLE_STARS: usize = 2;
+
+/// The most segments in one path pattern (requests have at most
+/// [`MAX_SEGMENTS`](crate::request::MAX_SEGMENTS)).
+pub const MAX_PATTERN_SEGMENTS: usize = 32;
+
 /// Methods a route covers: a list, or any (`None`).
 #[derive(Clone, Debug)]
 pub struct Route {
@@ -541,6 +548,17 @@ impl Rule {
             }
         }
 
+        // Bounded work per request: matching a template costs its segments times the path's
+        // (several `**`) or the path's length (at most one).
+        for (j, route) in routes.iter().enumerate() {
+            let at = || if cfg.registry.is_some() { "registry".to_owned() } else { format!("paths[{j}]") };
+            if route.path.many_count() > MAX_DOUBLE_STARS {
+                return Err(e(&at(), format!("a path has at most {MAX_DOUBLE_STARS} `**` segments")));
+            }
+            if route.path.segments().len() > MAX_PATTERN_SEGMENTS {
+                return Err(e(&at(), format!("a path has at most {MAX_PATTERN_SEGMENTS} segments")));
+            }
+        }
         if routes.len() > MAX_ROUTES {
             return Err(e("paths", format!("{} paths; a rule has at most {MAX_ROUTES}", routes.len())));
         }
