@@ -18,6 +18,10 @@
 //! request (checked before timing, with `Policy::explain`), so the benches measure a real allow.
 //! The Envoy load benchmark (`benches/envoy/load.py`) ports this generator: change both together.
 //!
+//! - `pathological/<kind>/<caller>`: the worst cases of issue 11 item 10 (1,000 rules that look
+//!   for a segment anywhere in a 256-segment path, or 1,000 registry rules and a 250-segment
+//!   repository), without a token and with one (target: under 100 us).
+//!
 //! `cargo bench --bench decision -- --test` runs each benchmark once (the CI smoke test).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -363,11 +367,64 @@ fn compile_bundle(c: &mut Criterion, keys: &Keys) {
     group.finish();
 }
 
+/// The bundles of issue 11 item 10, each with 1,000 rules a deep path makes expensive: rules that
+/// look for a segment anywhere (`/**/x<i>/**`, host `*`), and registry rules (all under `/v2`).
+fn pathological_bundle(keys: &Keys, kind: &str) -> Vec<u8> {
+    let rules: Vec<Value> = (0..1_000)
+        .map(|i| match kind {
+            "contains" => json!({
+                "id": format!("contains-{i}"), "hosts": ["*"], "methods": ["GET"],
+                "paths": [{"template": format!("/**/x{i}/**")}], "subjects": ["**"],
+            }),
+            _ => json!({
+                "id": format!("registry-{i}"), "hosts": ["*"],
+                "registry": {"actions": ["pull", "push"], "repositories": [format!("team{i}/**")]},
+                "subjects": ["**"],
+            }),
+        })
+        .collect();
+    let bundle =
+        json!({"name": format!("pathological-{kind}"), "issuers": keys.issuers_json(), "rules": rules});
+    serde_json::to_vec(&bundle).expect("serialize bundle")
+}
+
+/// `pathological/<kind>/<caller>`: one `Engine::authorize` (no token) or one policy evaluation (a
+/// verified token every rule's `subjects` accept) of a request no rule allows, with the deepest
+/// path a request may have (256 segments). Target: under 100 us each.
+fn pathological(c: &mut Criterion, keys: &Keys) {
+    let token = keys.token(Algorithm::EdDSA);
+    let mut group = c.benchmark_group("pathological");
+    let contains_path = "/a".repeat(256);
+    let registry_path = format!("/v2{}/manifests/1", "/a".repeat(250));
+    for (kind, path) in [("contains", contains_path.as_str()), ("registry", registry_path.as_str())] {
+        let engine = compile(&pathological_bundle(keys, kind));
+        let request = HttpRequest {
+            method: Some("GET"),
+            authority: Some("api.example"),
+            path: Some(path),
+            ..Default::default()
+        };
+        assert_eq!(engine.authorize(&request, NOW).decision.reason, Reason::TokenMissing, "{kind}");
+        group.bench_function(BenchmarkId::new(kind, "no-token"), |b| {
+            b.iter(|| engine.authorize(black_box(&request), black_box(NOW)))
+        });
+        let identity = engine.issuers().verify(&token, NOW).expect("verify token");
+        let target = RequestTarget::new(Some("GET"), Some("api.example"), Some(path)).expect("target");
+        let input = policy_input(&target, &identity);
+        assert_eq!(engine.policy().evaluate(&input).decision.reason, Reason::PolicyNoMatch, "{kind}");
+        group.bench_function(BenchmarkId::new(kind, "token"), |b| {
+            b.iter(|| engine.policy().evaluate(black_box(&input)))
+        });
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let keys = Keys::generate();
     verify_and_decide(c, &keys);
     decide_only(c, &keys);
     compile_bundle(c, &keys);
+    pathological(c, &keys);
 }
 
 criterion_group! {

@@ -309,6 +309,20 @@ fn bad_rules_are_refused_with_their_field() {
         ),
         (json!({"expires_at": "next tuesday"}), "rules[0].expires_at"),
         (json!({"registry": {"actions": ["pull"], "repositories": ["**"]}}), "rules[0].registry"),
+        // Issue 11 item 10: pattern sizes are bounded.
+        (json!({"paths": [{"template": "/**/a/**/b/**"}]}), "rules[0].paths[0]"),
+        (json!({"paths": [{"prefix": "/v1"}, {"template": "/{x:**}/a/{y:**}/b/**"}]}), "rules[0].paths[1]"),
+        (json!({"paths": [{"exact": "/a".repeat(33)}]}), "rules[0].paths[0]"),
+        (json!({"paths": [{"template": "/*".repeat(33)}]}), "rules[0].paths[0]"),
+        // Issue 11 item 6: a deny rule's conditions cannot test a capture whose split is ambiguous.
+        (
+            json!({"effect": "deny", "paths": [{"template": "/{a:**}/{b:**}"}], "conditions": [{"capture": "a", "equals": "x"}]}),
+            "rules[0].conditions[0]",
+        ),
+        (
+            json!({"effect": "deny", "paths": [{"template": "/**/{b}/**"}], "conditions": [{"capture": "b", "equals": "x"}]}),
+            "rules[0].conditions[0]",
+        ),
     ];
     for (patch, field) in cases {
         let mut rule = base.clone();
@@ -488,6 +502,32 @@ fn every_registry_rule_allows_the_version_check() {
         Req::new("DELETE", "/v2/prod/app/manifests/1", Some(&t)).decide(&engine),
         (Reason::PolicyDenied, "no-prod-deletes".into())
     );
+}
+
+/// Issue 11 item 6: with two `**`, an allow rule's conditions hold on the split it binds (so it
+/// never allows more than written), and a deny rule tests only captures with one reading.
+#[test]
+fn templates_with_two_double_stars() {
+    let k = key();
+    let rules = json!([
+        {"id": "shop", "hosts": ["*"], "methods": ["GET"], "paths": [{"template": "/{a:**}/{b:**}"}], "subjects": ["**"],
+         "conditions": [{"capture": "a", "equals": "x"}]},
+        {"id": "no-admin", "effect": "deny", "hosts": ["*"], "methods": ["GET"], "paths": [{"template": "/**/{seg}/admin/**"}],
+         "subjects": ["**"]},
+        {"id": "no-tail", "effect": "deny", "hosts": ["*"], "methods": ["GET"], "paths": [{"template": "/{head}/{rest:**}/secret"}],
+         "subjects": ["**"], "conditions": [{"capture": "head", "equals": "x"}]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "svc", json!({}));
+    assert_eq!(Req::new("GET", "/x/shop/y", Some(&t)).decide(&engine), allowed("shop"));
+    // `a` binds `y` (leftmost split); no split gives `a` = `x`.
+    assert_eq!(Req::new("GET", "/y/x/shop", Some(&t)).decide(&engine), denied(Reason::PolicyNoMatch));
+    let admin = (Reason::PolicyDenied, "no-admin".to_string());
+    assert_eq!(Req::new("GET", "/x/shop/admin/y", Some(&t)).decide(&engine), admin);
+    assert_eq!(Req::new("GET", "/x/q/admin/admin/y", Some(&t)).decide(&engine), admin);
+    let tail = (Reason::PolicyDenied, "no-tail".to_string());
+    assert_eq!(Req::new("GET", "/x/a/b/secret", Some(&t)).decide(&engine), tail);
+    assert_eq!(Req::new("GET", "/x/secret/secret", Some(&t)).decide(&engine), tail);
 }
 
 /// Issue 11 item 8: capture conditions apply to the repository routes, never to the version

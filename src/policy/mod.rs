@@ -66,6 +66,9 @@ pub struct RuleTrace {
 pub struct Policy {
     rules: Vec<Rule>,
     index: Index,
+    /// The rules that can match without a token (on the mTLS peer alone): a request without a
+    /// token is looked up here, so it costs nothing when no rule is for tokenless callers.
+    tokenless: Index,
     /// Header names some condition reads: such a header arriving twice denies the request.
     condition_headers: HashSet<String>,
     /// A rule or route could not be numbered for the index: every request is denied.
@@ -76,6 +79,7 @@ impl Policy {
     /// Compiles rules, in bundle order.
     pub fn new(rules: Vec<Rule>) -> Self {
         let mut filings = Vec::new();
+        let mut tokenless_filings = Vec::new();
         let mut unnumbered = false;
         let mut condition_headers = HashSet::new();
         for (r, rule) in rules.iter().enumerate() {
@@ -96,13 +100,18 @@ impl Policy {
                 };
                 for host in rule.hosts() {
                     for &method in &methods {
-                        filings.push(Filing { host, method, prefix: prefix.clone(), entry });
+                        let filing = Filing { host, method, prefix: prefix.clone(), entry };
+                        if !rule.needs_token() {
+                            tokenless_filings.push(filing.clone());
+                        }
+                        filings.push(filing);
                     }
                 }
             }
         }
         let index = Index::build(filings);
-        Policy { rules, index, condition_headers, unnumbered }
+        let tokenless = Index::build(tokenless_filings);
+        Policy { rules, index, tokenless, condition_headers, unnumbered }
     }
 
     /// Whether any rule reads the mTLS peer identity (so the filter fetches it only then).
@@ -123,8 +132,9 @@ impl Policy {
         if let Some(reason) = self.repeated_condition_header(input.headers) {
             return Evaluation { decision: Decision::deny(reason), dry_run: None };
         }
-        let mut candidates =
-            self.index.candidates(&input.target.host, &input.target.method, &input.target.path);
+        // Without a token only tokenless rules can match (the others would each fail on it).
+        let index = if input.token.is_some() { &self.index } else { &self.tokenless };
+        let mut candidates = index.candidates(&input.target.host, &input.target.method, &input.target.path);
         // Bundle order decides which allow rule is reported; each (rule, route) once.
         candidates.sort_unstable();
         candidates.dedup();
@@ -244,6 +254,7 @@ struct PathTrie {
 }
 
 /// Where one (rule, route) is filed: under a host, a method (`None`: any) and a path prefix.
+#[derive(Clone)]
 struct Filing<'r> {
     host: &'r HostPattern,
     method: Option<&'r str>,

@@ -388,6 +388,17 @@ impl PathTemplate {
         })
     }
 
+    /// How many `**` / `{name:**}` segments the template has.
+    pub fn many_count(&self) -> usize {
+        self.segments.iter().filter(|s| matches!(s, Segment::Many(_))).count()
+    }
+
+    /// Whether the template has more than one `**` / `{name:**}`: then a path may split between
+    /// them in several ways, and its captures bind the leftmost-shortest split.
+    pub fn splits_ambiguously(&self) -> bool {
+        self.many == ManyAt::Several
+    }
+
     /// The names this template captures.
     pub fn capture_names(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|s| match s {

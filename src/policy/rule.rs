@@ -402,6 +402,13 @@ impl Test {
 /// rule is better written as several.
 pub const MAX_ROUTES: usize = 1_000_000;
 
+/// The most `**` / `{name:**}` segments in one path template.
+pub const MAX_DOUBLE_STARS: usize = 2;
+
+/// The most segments in one path pattern (requests have at most
+/// [`MAX_SEGMENTS`](crate::request::MAX_SEGMENTS)).
+pub const MAX_PATTERN_SEGMENTS: usize = 32;
+
 /// Methods a route covers: a list, or any (`None`).
 #[derive(Clone, Debug)]
 pub struct Route {
@@ -551,6 +558,17 @@ impl Rule {
             }
         }
 
+        // Bounded work per request: matching a template costs its segments times the path's
+        // (several `**`) or the path's length (at most one).
+        for (j, route) in routes.iter().enumerate() {
+            let at = || if cfg.registry.is_some() { "registry".to_owned() } else { format!("paths[{j}]") };
+            if route.path.many_count() > MAX_DOUBLE_STARS {
+                return Err(e(&at(), format!("a path has at most {MAX_DOUBLE_STARS} `**` segments")));
+            }
+            if route.path.segments().len() > MAX_PATTERN_SEGMENTS {
+                return Err(e(&at(), format!("a path has at most {MAX_PATTERN_SEGMENTS} segments")));
+            }
+        }
         if routes.len() > MAX_ROUTES {
             return Err(e("paths", format!("{} paths; a rule has at most {MAX_ROUTES}", routes.len())));
         }
@@ -584,6 +602,25 @@ impl Rule {
         let headers = conditions(&cfg.headers, "headers", "header")?;
         let claims = conditions(&cfg.claims, "claims", "claim")?;
         let captures = conditions(&cfg.conditions, "conditions", "capture")?;
+        // A deny must fire if any split of the path satisfies its conditions, but captures bind one
+        // split only: rather than search every split, such a rule is refused (an allow rule is
+        // fine, as it allows only on the split it checked).
+        if cfg.effect == Effect::Deny {
+            for (j, (name, _)) in captures.iter().enumerate() {
+                let ambiguous = routes
+                    .iter()
+                    .any(|r| r.path.splits_ambiguously() && r.path.capture_names().any(|n| n == name));
+                if ambiguous {
+                    return Err(e(
+                        &format!("conditions[{j}]"),
+                        format!(
+                            "a deny rule cannot test capture {name:?} of a template with more than one `**`: \
+                             the path may split between them in several ways"
+                        ),
+                    ));
+                }
+            }
+        }
 
         for (j, name) in cfg.issuers.iter().enumerate() {
             if !issuer_names.contains(name) {
