@@ -14,7 +14,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jwt_simple::prelude::*;
 use jwt_simple::JWTError;
-use serde_json::{Map, Value};
 
 /// The digest a host signature check uses, named as Envoy's `verify_signature` expects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,7 +174,7 @@ pub fn ecdsa_signature_der(signature: &[u8], scalar_len: usize) -> Option<Vec<u8
     Some(der)
 }
 
-type Claims = JWTClaims<Map<String, Value>>;
+type Claims = JWTClaims<NoCustomClaims>;
 
 /// Verifies a compact JWS the way `jwt-simple`'s `verify_token` does, with the signature checked by
 /// `host`. Returns the same `jwt_simple` errors for the same tokens; a host failure is returned as a

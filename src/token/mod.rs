@@ -128,7 +128,9 @@ enum PublicKey {
     HS512(HS512Key),
 }
 
-type Claims = JWTClaims<Map<String, Value>>;
+/// jwt-simple parses only the registered claims it validates; every claim is kept once, from our own
+/// strict parse of the payload (`VerifiedToken::claims`).
+type Claims = JWTClaims<NoCustomClaims>;
 
 impl PublicKey {
     fn from_rsa(alg: Algorithm, n: &[u8], e: &[u8]) -> Result<Self, String> {
@@ -523,7 +525,8 @@ pub struct VerifiedToken {
     pub expires_at: Option<u64>,
     /// `iat`, unix seconds, if present.
     pub issued_at: Option<u64>,
-    /// The claims not covered above.
+    /// Every other claim of the token (`aud`, `exp`, `nbf`, `iat`, `nonce`, ...), as the token
+    /// states it, with its JSON type.
     pub claims: Map<String, Value>,
 }
 
@@ -682,8 +685,9 @@ impl Issuers {
             max_token_length: Some(self.max_token_bytes),
             ..Default::default()
         };
-        // Only keys of the token's algorithm; a token `kid` must match the key's, and a key with a
-        // `kid` is not used for a token naming another.
+        // Only keys of the token's algorithm. A token naming a `kid` is checked with the key of that
+        // kid first, then with keys published without a kid (RFC 7517 4.5 makes `kid` optional;
+        // jwt_verify_lib and Envoy do the same); a key with a kid never serves a token naming another.
         let remote = match &issuer.remote {
             Some(cell) => Some(cell.try_borrow().map_err(|_| Reason::InternalError)?),
             None => None,
@@ -695,15 +699,14 @@ impl Issuers {
         if issuer.keys.is_empty() && remote_keys.is_empty() {
             return Err(Reason::KeysUnavailable);
         }
-        let candidates = issuer
-            .keys
-            .iter()
-            .chain(remote_keys)
-            .filter(|k| k.alg == alg && (kid.is_none() || k.kid.as_deref() == kid));
-        let mut tried = false;
+        let of_alg = || issuer.keys.iter().chain(remote_keys).filter(|k| k.alg == alg);
+        let named = of_alg().filter(|k| kid.is_none() || k.kid.as_deref() == kid);
+        let unnamed = of_alg().filter(|k| kid.is_some() && k.kid.is_none());
+        // Whether a key of exactly this kid (or, for a token without kid, any key) was tried.
+        let mut named_tried = false;
         let mut claims = None;
-        for key in candidates {
-            tried = true;
+        for (is_named, key) in named.map(|k| (true, k)).chain(unnamed.map(|k| (false, k))) {
+            named_tried |= is_named;
             let verified = match (&self.signature_host, &key.host) {
                 (Some(host), Some(host_key)) => {
                     hostcrypto::verify_token(host.as_ref(), host_key, alg.name(), token, &options)
@@ -724,9 +727,10 @@ impl Issuers {
         drop(remote);
         let claims = match claims {
             Some(c) => c,
-            None if tried => return Err(Reason::TokenSignatureInvalid),
+            None if named_tried => return Err(Reason::TokenSignatureInvalid),
             None => {
-                // Perhaps the issuer rotated keys: fetch again soon (rate-limited).
+                // No key of this kid (kid-less keys, if any, did not verify it): perhaps the issuer
+                // rotated keys, so fetch again soon (rate-limited).
                 if let Some(cell) = &issuer.remote {
                     if let Ok(mut r) = cell.try_borrow_mut() {
                         r.0.unknown_kid(now);
@@ -735,22 +739,32 @@ impl Issuers {
                 return Err(Reason::TokenKeyUnknown);
             }
         };
+        check_fractional_times(&payload, now, issuer.clock_skew_seconds)?;
 
+        // Whole seconds: jwt-simple truncates a fractional NumericDate, which rounds `exp` down (exact
+        // for a clock in whole seconds) and makes `iat` older (stricter for age limits).
         let expires_at = claims.expires_at.map(|t| t.as_secs());
         if expires_at.is_none() && issuer.require_expiry {
             return Err(Reason::TokenExpiryMissing);
         }
         let issued_at = claims.issued_at.map(|t| t.as_secs());
         if let Some(max) = issuer.max_lifetime_seconds {
-            let (Some(iat), Some(exp)) = (issued_at, expires_at) else {
+            // On the token's own values, fractions included, so rounding never hides a second.
+            let (Some(iat), Some(exp)) = (time_claim(&payload, "iat"), time_claim(&payload, "exp")) else {
                 return Err(Reason::TokenClaimInvalid);
             };
-            if exp.saturating_sub(iat) > max {
+            if exp - iat > max as f64 {
                 return Err(Reason::TokenLifetimeTooLong);
             }
         }
         let subject = claims.subject.filter(|s| !s.is_empty()).ok_or(Reason::TokenClaimInvalid)?;
-        issuer.profile.check_claims(&subject, &claims.custom, issued_at, claims.jwt_id.as_deref())?;
+        issuer.profile.check_claims(&subject, &payload, issued_at, claims.jwt_id.as_deref())?;
+        // Each claim is kept once: `sub`, `iss` and `jti` as typed fields, every other claim (`aud`,
+        // `exp`, `nbf`, `iat`, `nonce`, ...) in the map with its JSON type.
+        let mut payload = payload;
+        for name in ["sub", "iss", "jti"] {
+            payload.remove(name);
+        }
         let token = VerifiedToken {
             issuer_name: issuer.name.clone(),
             profile: issuer.profile.name(),
@@ -759,11 +773,28 @@ impl Issuers {
             token_id: claims.jwt_id,
             expires_at,
             issued_at,
-            claims: claims.custom,
+            claims: payload,
         };
         issuer.check_age(&token, now)?;
         Ok(token)
     }
+}
+
+/// A NumericDate claim as the token states it (type-checked before: a non-negative number).
+fn time_claim(payload: &Map<String, Value>, name: &str) -> Option<f64> {
+    payload.get(name).and_then(Value::as_f64)
+}
+
+/// `nbf` and `iat` with a fraction: jwt-simple compares them truncated, which would let a token in
+/// up to a second early. Rounded up here, so a token is never valid before the instant it names.
+fn check_fractional_times(payload: &Map<String, Value>, now: u64, skew: u64) -> Result<(), Reason> {
+    let latest = now.saturating_add(skew) as f64;
+    for name in ["nbf", "iat"] {
+        if time_claim(payload, name).is_some_and(|t| t.ceil() > latest) {
+            return Err(Reason::TokenNotYetValid);
+        }
+    }
+    Ok(())
 }
 
 fn is_bad_signature(e: &jwt_simple::Error) -> bool {
@@ -804,11 +835,12 @@ fn check_claim_types(payload: &Map<String, Value>) -> Result<(), Reason> {
             Some(_) => return Err(Reason::TokenClaimInvalid),
         }
     }
-    // Times: non-negative integers below year 10000 (RFC 7519 NumericDate, without absurd values).
+    // Times: non-negative numbers below year 10000 (RFC 7519 NumericDate, fractions allowed, without
+    // absurd values; every accepted value is exact in an f64).
     for name in ["exp", "nbf", "iat"] {
         if let Some(v) = payload.get(name) {
-            match v.as_u64() {
-                Some(t) if t < 253_402_300_800 => {}
+            match v.as_f64() {
+                Some(t) if (0.0..253_402_300_800.0).contains(&t) => {}
                 _ => return Err(Reason::TokenClaimInvalid),
             }
         }
