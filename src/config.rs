@@ -438,7 +438,7 @@ impl BundleConfig {
                 ));
             }
             let rule = Rule::compile(cfg, &names, self.mode)
-                .map_err(|(field, message)| ConfigError::new(format!("rules[{i}].{field}"), message))?;
+                .map_err(|err| ConfigError::new(format!("rules[{i}].{}", err.field), err.message))?;
             rules.push(rule);
         }
         let issuers = Issuers::new(issuers, self.settings.max_token_bytes);

@@ -20,7 +20,8 @@ use foldhash::HashMap;
 pub use pattern::{Glob, HostPattern, PathTemplate};
 use rule::Found;
 pub use rule::{
-    ConditionConfig, Effect, Mismatch, Mode, PathConfig, RegistryConfig, Route, Rule, RuleConfig, Timestamp,
+    ConditionConfig, Effect, InvalidTime, Mismatch, Mode, PathConfig, RegistryConfig, Route, Rule,
+    RuleConfig, RuleError, Timestamp,
 };
 
 use crate::decision::{Decision, Reason};
