@@ -105,11 +105,8 @@ impl Policy {
         &self.rules
     }
 
-    /// Decides a request.
+    /// Decides a request (whose headers passed [`Policy::repeated_condition_header`]).
     pub fn evaluate(&self, input: &PolicyInput<'_>) -> Evaluation {
-        if let Some(reason) = self.repeated_condition_header(input.headers) {
-            return Evaluation { decision: Decision::deny(reason), dry_run: None };
-        }
         let mut candidates =
             self.index.candidates(&input.target.host, &input.target.method, &input.target.path);
         // Bundle order decides which allow rule is reported; each (rule, route) once.
@@ -151,7 +148,9 @@ impl Policy {
             .collect()
     }
 
-    fn repeated_condition_header(&self, headers: &[(&str, &str)]) -> Option<Reason> {
+    /// A request check the policy defines: a header some condition reads must arrive at most once
+    /// (which copy an upstream reads is unknown).
+    pub fn repeated_condition_header(&self, headers: &[(&str, &str)]) -> Option<Reason> {
         if self.condition_headers.is_empty() {
             return None;
         }
