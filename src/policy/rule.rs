@@ -611,18 +611,11 @@ impl Rule {
                 "a rule must say who it is for: subjects, issuers, claims, scopes or peers (subjects: [\"**\"] for any verified token)".into(),
             ));
         }
-        let not_before = cfg
-            .not_before
-            .as_ref()
-            .map(Timestamp::to_unix)
-            .transpose()
-            .map_err(|m| e("not_before", m.to_string()))?;
-        let expires_at = cfg
-            .expires_at
-            .as_ref()
-            .map(Timestamp::to_unix)
-            .transpose()
-            .map_err(|m| e("expires_at", m.to_string()))?;
+        let time = |t: &Option<Timestamp>, field: &str| {
+            t.as_ref().map(Timestamp::to_unix).transpose().map_err(|m| e(field, m.to_string()))
+        };
+        let not_before = time(&cfg.not_before, "not_before")?;
+        let expires_at = time(&cfg.expires_at, "expires_at")?;
         if let (Some(nb), Some(exp)) = (not_before, expires_at) {
             if nb >= exp {
                 return Err(e("expires_at", "must be after not_before".into()));
