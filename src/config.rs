@@ -273,7 +273,7 @@ impl BundleConfig {
         for (i, source) in s.token_sources.iter().enumerate() {
             token_sources.push(
                 crate::source::TokenSource::compile(source)
-                    .map_err(|e| ConfigError::new(format!("settings.token_sources[{i}]"), e))?,
+                    .map_err(|e| ConfigError::new(format!("settings.token_sources[{i}]"), e.to_string()))?,
             );
         }
         if !(0.0..=1.0).contains(&s.audit_allow_sample_rate) {
