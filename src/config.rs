@@ -273,7 +273,7 @@ impl BundleConfig {
         for (i, source) in s.token_sources.iter().enumerate() {
             token_sources.push(
                 crate::token::source::TokenSource::compile(source)
-                    .map_err(|e| ConfigError::new(format!("settings.token_sources[{i}]"), e))?,
+                    .map_err(|e| ConfigError::new(format!("settings.token_sources[{i}]"), e.to_string()))?,
             );
         }
         if !(0.0..=1.0).contains(&s.audit_allow_sample_rate) {
@@ -438,7 +438,7 @@ impl BundleConfig {
                 ));
             }
             let rule = Rule::compile(cfg, &names, self.mode)
-                .map_err(|(field, message)| ConfigError::new(format!("rules[{i}].{field}"), message))?;
+                .map_err(|err| ConfigError::new(format!("rules[{i}].{}", err.field), err.message))?;
             rules.push(rule);
         }
         let issuers = Issuers::new(issuers, self.settings.max_token_bytes);

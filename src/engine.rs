@@ -224,9 +224,9 @@ impl Engine {
     /// peer can allow; if none does, the answer is 401 `token_missing` so the caller learns
     /// what to send.
     pub fn authorize(&self, request: &HttpRequest<'_>, now: u64) -> Outcome {
-        let target = match self.check_request(request) {
+        let target = match self.request_checks(request) {
             Ok(t) => t,
-            Err(reason) => return Outcome::rejected(reason, None, self.mode),
+            Err(rejected) => return *rejected,
         };
         let (identity, cache_hit) = match find_token(&self.token_sources, request) {
             Ok(Some(token)) => match self.identity(token, now) {
@@ -253,9 +253,9 @@ impl Engine {
         identity: Option<RecordedIdentity<'_>>,
         now: u64,
     ) -> Outcome {
-        let target = match self.check_request(request) {
+        let target = match self.request_checks(request) {
             Ok(t) => t,
-            Err(reason) => return Outcome::rejected(reason, None, self.mode),
+            Err(rejected) => return *rejected,
         };
         let identity = match identity.map(|recorded| self.recorded_identity(recorded)).transpose() {
             Ok(identity) => identity,
@@ -265,10 +265,21 @@ impl Engine {
         self.decide(request, target, (identity, None), presented, now)
     }
 
-    /// The first step of every decision: the request's method, authority and path, checked and
-    /// normalized.
+    /// The request's method, authority and path, checked and normalized.
     pub fn check_request(&self, request: &HttpRequest<'_>) -> Result<RequestTarget, Reason> {
         RequestTarget::new(request.method, request.authority, request.path)
+    }
+
+    /// The first step of every decision: the request target, and the headers policy conditions
+    /// read (each at most once).
+    fn request_checks(&self, request: &HttpRequest<'_>) -> Result<RequestTarget, Box<Outcome>> {
+        let target = self
+            .check_request(request)
+            .map_err(|reason| Box::new(Outcome::rejected(reason, None, self.mode)))?;
+        match self.policy.repeated_condition_header(&request.headers) {
+            Some(reason) => Err(Box::new(Outcome::rejected(reason, Some(target), self.mode))),
+            None => Ok(target),
+        }
     }
 
     /// The last steps of every decision: policy on the authenticated request, unless the

@@ -4,7 +4,7 @@
 
 use meshward::cli::dev::{jwks, SigningKey, TokenSpec};
 use meshward::token::Algorithm;
-use meshward::{BundleConfig, Engine, HttpRequest, Reason};
+use meshward::{BundleConfig, Engine, HttpRequest, Reason, RecordedIdentity};
 use serde_json::json;
 
 const NOW: u64 = 1_800_000_000;
@@ -392,4 +392,43 @@ fn bad_keys_in_a_key_set_are_skipped_and_the_good_ones_used() {
         other => panic!("{other:?}"),
     }
     assert_eq!(decide(&engine, &t, NOW), Reason::Allowed);
+}
+
+/// A recorded identity (an audit record's) takes the same steps as a token: request checks,
+/// revocation, policy, and "send a token" when there is none and no rule matched.
+#[test]
+fn a_recorded_identity_is_decided_by_the_same_steps() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let engine = engine(&key, json!({"revoked": {"subjects": ["spiffe://t/gone"], "token_ids": ["jti-1"]}}));
+    let decide = |path: &str, issuer: &str, subject: Option<&str>, token_id: Option<&str>| {
+        let request = HttpRequest::recorded(Some("GET"), Some("h"), Some(path), &[], None);
+        let identity =
+            subject.map(|subject| RecordedIdentity { issuer, subject, token_id, expires_at: None });
+        let outcome = engine.authorize_identity(&request, identity, NOW);
+        (outcome.decision.reason, outcome.identity.map(|t| t.subject.clone()))
+    };
+    let a = Some("spiffe://t/a");
+    assert_eq!(decide("/x", "i", a, None), (Reason::Allowed, Some("spiffe://t/a".into())));
+    assert_eq!(decide("/x", "i", Some("other"), None).0, Reason::PolicyNoMatch);
+    assert_eq!(decide("/x", "i", Some("spiffe://t/gone"), None).0, Reason::TokenRevoked);
+    assert_eq!(decide("/x", "i", a, Some("jti-1")).0, Reason::TokenRevoked);
+    assert_eq!(decide("/x", "retired", a, None), (Reason::TokenIssuerUnknown, None));
+    assert_eq!(decide("/x", "i", None, None), (Reason::TokenMissing, None));
+    assert_eq!(decide("/a/../x", "i", a, None), (Reason::RequestPathRejected, None));
+}
+
+#[test]
+fn a_recorded_request_takes_its_token_from_the_authorization_headers() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k").unwrap();
+    let engine = engine(&key, json!({}));
+    let auth = token(&key, "spiffe://t/a", None, 300);
+    let headers =
+        vec![("accept".to_string(), "*/*".to_string()), ("authorization".to_string(), auth.clone())];
+    let request = HttpRequest::recorded(Some("GET"), Some("h"), Some("/x"), &headers, None);
+    assert_eq!(request.authorization, vec![auth.as_str()]);
+    assert_eq!(engine.authorize(&request, NOW).decision.reason, Reason::Allowed);
+    // Sent twice, as a recording lists it: refused as the plugin refuses it.
+    let twice = vec![("authorization".to_string(), auth.clone()), ("authorization".to_string(), auth)];
+    let request = HttpRequest::recorded(Some("GET"), Some("h"), Some("/x"), &twice, None);
+    assert_eq!(engine.authorize(&request, NOW).decision.reason, Reason::TokenMultiple);
 }

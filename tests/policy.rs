@@ -175,6 +175,12 @@ fn header_conditions_and_repeated_headers() {
     r.headers = vec![("x-env", "canary"), ("x-env", "prod")];
     assert_eq!(r.decide(&engine), denied(Reason::RequestHeaderRepeated));
     assert_eq!(Reason::RequestHeaderRepeated.http_status(), 400);
+    // A request check: it comes before the token is looked at, and needs no token.
+    let mut unverified = Req::new("GET", "/x", Some("Bearer not.a.token"));
+    unverified.headers = vec![("x-env", "canary"), ("x-env", "prod")];
+    assert_eq!(unverified.decide(&engine), denied(Reason::RequestHeaderRepeated));
+    unverified.auth = None;
+    assert_eq!(unverified.decide(&engine), denied(Reason::RequestHeaderRepeated));
     // Headers no condition reads may repeat.
     r.headers = vec![("x-env", "canary"), ("accept", "a"), ("accept", "b")];
     assert_eq!(r.decide(&engine), allowed("canary"));

@@ -83,7 +83,7 @@ pub fn parse_time(text: &str) -> Result<u64, String> {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().map_err(|_| format!("{text:?} is too large a unix time"));
     }
-    Timestamp::Rfc3339(text.to_owned()).to_unix()
+    Timestamp::Rfc3339(text.to_owned()).to_unix().map_err(|e| e.to_string())
 }
 
 /// Unix seconds as RFC 3339 UTC (`2026-12-31T23:59:59Z`).

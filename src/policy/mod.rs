@@ -20,8 +20,8 @@ use foldhash::HashMap;
 pub use pattern::{Glob, HostPattern, PathTemplate};
 use rule::Found;
 pub use rule::{
-    ConditionConfig, Effect, Mismatch, Mode, PathConfig, RegistryConfig, Route, Rule, RuleConfig, Timestamp,
-    MAX_ROUTES,
+    ConditionConfig, Effect, InvalidTime, Mismatch, Mode, PathConfig, RegistryConfig, Route, Rule,
+    RuleConfig, RuleError, Timestamp, MAX_ROUTES,
 };
 
 use crate::decision::{Decision, Reason};
@@ -124,13 +124,10 @@ impl Policy {
         &self.rules
     }
 
-    /// Decides a request.
+    /// Decides a request (whose headers passed [`Policy::repeated_condition_header`]).
     pub fn evaluate(&self, input: &PolicyInput<'_>) -> Evaluation {
         if self.unnumbered {
             return Evaluation { decision: Decision::deny(Reason::InternalError), dry_run: None };
-        }
-        if let Some(reason) = self.repeated_condition_header(input.headers) {
-            return Evaluation { decision: Decision::deny(reason), dry_run: None };
         }
         // Without a token only tokenless rules can match (the others would each fail on it).
         let index = if input.token.is_some() { &self.index } else { &self.tokenless };
@@ -174,7 +171,9 @@ impl Policy {
             .collect()
     }
 
-    fn repeated_condition_header(&self, headers: &[(&str, &str)]) -> Option<Reason> {
+    /// A request check the policy defines: a header some condition reads must arrive at most once
+    /// (which copy an upstream reads is unknown).
+    pub fn repeated_condition_header(&self, headers: &[(&str, &str)]) -> Option<Reason> {
         if self.condition_headers.is_empty() {
             return None;
         }

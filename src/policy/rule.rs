@@ -49,9 +49,24 @@ pub enum Timestamp {
     Rfc3339(String),
 }
 
+/// A time that is not RFC 3339.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an RFC 3339 time such as 2026-12-31T23:59:59Z")]
+pub struct InvalidTime(pub String);
+
+/// Why a rule does not compile: the field (relative to the rule) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct RuleError {
+    /// Such as `paths[0]`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
 impl Timestamp {
     /// Unix seconds.
-    pub fn to_unix(&self) -> Result<u64, String> {
+    pub fn to_unix(&self) -> Result<u64, InvalidTime> {
         match self {
             Timestamp::Unix(t) => Ok(*t),
             Timestamp::Rfc3339(s) => parse_rfc3339(s),
@@ -60,10 +75,10 @@ impl Timestamp {
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`.
-fn parse_rfc3339(s: &str) -> Result<u64, String> {
-    let err = || format!("{s:?} is not an RFC 3339 time such as 2026-12-31T23:59:59Z");
+fn parse_rfc3339(s: &str) -> Result<u64, InvalidTime> {
+    let err = || InvalidTime(s.to_owned());
     let b = s.as_bytes();
-    let num = |from: usize, len: usize| -> Result<i64, String> {
+    let num = |from: usize, len: usize| -> Result<i64, InvalidTime> {
         let part = s.get(from..from + len).ok_or_else(err)?;
         if !part.bytes().all(|c| c.is_ascii_digit()) {
             return Err(err());
@@ -463,8 +478,8 @@ impl Rule {
         cfg: RuleConfig,
         issuer_names: &HashSet<String>,
         default_mode: Mode,
-    ) -> Result<Self, (String, String)> {
-        let e = |field: &str, msg: String| (field.to_owned(), msg);
+    ) -> Result<Self, RuleError> {
+        let e = |field: &str, message: String| RuleError { field: field.to_owned(), message };
         if cfg.id.is_empty() {
             return Err(e("id", "must not be empty".into()));
         }
@@ -576,7 +591,7 @@ impl Rule {
         let conditions = |list: &[ConditionConfig],
                           field: &str,
                           kind: &str|
-         -> Result<Vec<(String, Test)>, (String, String)> {
+         -> Result<Vec<(String, Test)>, RuleError> {
             let mut out = Vec::new();
             for (j, c) in list.iter().enumerate() {
                 let at = format!("{field}[{j}]");
@@ -652,10 +667,11 @@ impl Rule {
                 "a rule must say who it is for: subjects, issuers, claims, scopes or peers (subjects: [\"**\"] for any verified token)".into(),
             ));
         }
-        let not_before =
-            cfg.not_before.as_ref().map(Timestamp::to_unix).transpose().map_err(|m| e("not_before", m))?;
-        let expires_at =
-            cfg.expires_at.as_ref().map(Timestamp::to_unix).transpose().map_err(|m| e("expires_at", m))?;
+        let time = |t: &Option<Timestamp>, field: &str| {
+            t.as_ref().map(Timestamp::to_unix).transpose().map_err(|m| e(field, m.to_string()))
+        };
+        let not_before = time(&cfg.not_before, "not_before")?;
+        let expires_at = time(&cfg.expires_at, "expires_at")?;
         if let (Some(nb), Some(exp)) = (not_before, expires_at) {
             if nb >= exp {
                 return Err(e("expires_at", "must be after not_before".into()));

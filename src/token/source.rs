@@ -46,25 +46,39 @@ pub enum TokenSource {
     Cookie(String),
 }
 
+/// Why a configured token source is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenSourceError {
+    /// The header is not named in lower case (header maps reach the plugin lower-cased).
+    #[error("header {0:?} must be a lower-case header name")]
+    HeaderName(String),
+    /// The scheme is empty or more than one word.
+    #[error("scheme must be one word, such as Bearer")]
+    Scheme,
+    /// Not exactly one place to look, or an unusable query or cookie name.
+    #[error("name exactly one of `header` (optionally with `scheme`), `query` or `cookie`")]
+    Shape,
+}
+
 impl TokenSource {
     /// Checks a configured source.
-    pub fn compile(cfg: &TokenSourceConfig) -> Result<Self, String> {
+    pub fn compile(cfg: &TokenSourceConfig) -> Result<Self, TokenSourceError> {
         let named = |n: &String| !n.is_empty() && !n.contains(['=', ';', '&', ' ']);
         match (&cfg.header, &cfg.query, &cfg.cookie, &cfg.scheme) {
             (Some(h), None, None, scheme) => {
                 if h.is_empty()
                     || !h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 {
-                    return Err(format!("header {h:?} must be a lower-case header name"));
+                    return Err(TokenSourceError::HeaderName(h.clone()));
                 }
                 if scheme.as_ref().is_some_and(|s| s.is_empty() || s.contains([' ', ','])) {
-                    return Err("scheme must be one word, such as Bearer".into());
+                    return Err(TokenSourceError::Scheme);
                 }
                 Ok(TokenSource::Header { name: h.clone(), scheme: scheme.clone() })
             }
             (None, Some(q), None, None) if named(q) => Ok(TokenSource::Query(q.clone())),
             (None, None, Some(c), None) if named(c) => Ok(TokenSource::Cookie(c.clone())),
-            _ => Err("name exactly one of `header` (optionally with `scheme`), `query` or `cookie`".into()),
+            _ => Err(TokenSourceError::Shape),
         }
     }
 
