@@ -1,16 +1,17 @@
 //! One request from headers to decision: request checks, token verification (with the verified-token
 //! cache and revocation lists), policy.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
 
 use crate::audit::AuditSampler;
-use crate::cache::{digest, CacheStats, TokenCache};
+use crate::cache::{CacheStats, TokenCache};
 use crate::config::{Revoked, Settings};
 use crate::decision::{Decision, Reason};
 use crate::policy::{Evaluation, Mode, Policy, PolicyInput};
 use crate::request::RequestTarget;
+use crate::shared::{CacheKeyer, SharedTokens};
 use crate::source::{find_token, TokenSource};
 use crate::token::{Issuers, VerifiedToken};
 
@@ -83,6 +84,13 @@ pub struct Engine {
     revoked_subjects: HashSet<String>,
     settings: Settings,
     cache: RefCell<TokenCache>,
+    /// The token cache's keyed hash; `None` (no random source for its secret key) disables caching
+    /// rather than fall back to a predictable key.
+    keyer: Option<CacheKeyer>,
+    /// Verified tokens shared with the other VMs of the process (the plugin only).
+    shared: Option<SharedTokens>,
+    /// Full verifications (signature and claims) performed since `take_verifications`.
+    verifications: Cell<u64>,
     sampler: AuditSampler,
 }
 
@@ -105,6 +113,9 @@ impl Engine {
             revoked_token_ids: revoked.token_ids.into_iter().collect(),
             revoked_subjects: revoked.subjects.into_iter().collect(),
             cache: RefCell::new(TokenCache::new(settings.token_cache_entries)),
+            keyer: CacheKeyer::random().ok(),
+            shared: None,
+            verifications: Cell::new(0),
             sampler: AuditSampler::new(settings.audit_allow_sample_rate),
             settings,
         }
@@ -166,6 +177,24 @@ impl Engine {
         self.issuers.waiting_for_first_keys(now_ms)
     }
 
+    /// Shares verified tokens with the other VMs of the process (see [`crate::shared`]): the cache
+    /// key's secret becomes the one the VMs share, and cache misses look in `shared` before
+    /// verifying. Not with the cache disabled (`token_cache_entries` 0), nor without a random source.
+    pub fn share_tokens(&mut self, shared: SharedTokens) {
+        if self.settings.token_cache_entries == 0 {
+            return;
+        }
+        if let Some(keyer) = self.keyer {
+            self.keyer = Some(shared.keyer(keyer));
+            self.shared = Some(shared);
+        }
+    }
+
+    /// How many tokens this engine fully verified (signature and claims) since the last call.
+    pub fn take_verifications(&self) -> u64 {
+        self.verifications.take()
+    }
+
     /// Verified-token cache counters.
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.borrow().stats()
@@ -215,7 +244,9 @@ impl Engine {
         if token.len() > self.settings.max_token_bytes {
             return Err(Reason::TokenTooLarge);
         }
-        let key = digest(token);
+        let Some(key) = self.keyer.map(|k| k.key(token)) else {
+            return Ok((Rc::new(self.verify(token, now)?), false));
+        };
         // A failed borrow cannot happen (no re-entrancy); if it did, verify without the cache.
         if let Some((hit, generation)) = self.cache.try_borrow_mut().ok().and_then(|mut c| c.get(&key, now)) {
             let issuer = self.issuers.get(&hit.issuer_name).ok_or(Reason::InternalError)?;
@@ -230,13 +261,34 @@ impl Engine {
                 return Ok((hit, true));
             }
         }
-        let verified = Rc::new(self.issuers.verify(token, now)?);
-        let generation = self.issuers.get(&verified.issuer_name).map_or(0, |i| i.key_generation());
+        // Another VM may have verified it: its entry passes the checks of a local hit
+        // (SharedTokens::get), then the age limits, as a local hit does.
+        if let Some((token, until)) = self.shared.as_ref().and_then(|s| s.get(&key, &self.issuers, now)) {
+            let issuer = self.issuers.get(&token.issuer_name).ok_or(Reason::InternalError)?;
+            issuer.check_age(&token, now)?;
+            let token = Rc::new(token);
+            if let Ok(mut cache) = self.cache.try_borrow_mut() {
+                cache.insert(key, token.clone(), issuer.key_generation(), until, now);
+            }
+            return Ok((token, true));
+        }
+        let verified = Rc::new(self.verify(token, now)?);
+        let Some(issuer) = self.issuers.get(&verified.issuer_name) else { return Ok((verified, false)) };
+        // A token without `exp` (allowed only by explicit opt-out) is re-verified each minute.
+        let until = verified.expires_at.unwrap_or(now + 60);
         if let Ok(mut cache) = self.cache.try_borrow_mut() {
-            // A token without `exp` (allowed only by explicit opt-out) is re-verified each minute.
-            cache.insert(key, verified.clone(), generation, verified.expires_at.unwrap_or(now + 60), now);
+            cache.insert(key, verified.clone(), issuer.key_generation(), until, now);
+        }
+        if let Some(shared) = &self.shared {
+            shared.put(&key, &verified, &issuer.key_set_fingerprint(), until);
         }
         Ok((verified, false))
+    }
+
+    /// A full verification, counted.
+    fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, Reason> {
+        self.verifications.set(self.verifications.get() + 1);
+        self.issuers.verify(token, now)
     }
 
     /// What is checked on every request, cached token or not: revocation and certificate binding.

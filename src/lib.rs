@@ -14,6 +14,7 @@ pub mod policy;
 pub mod profile;
 pub mod remote;
 pub mod request;
+pub mod shared;
 pub mod source;
 pub mod token;
 

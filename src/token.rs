@@ -295,6 +295,9 @@ pub struct Issuer {
     generation: std::cell::Cell<u64>,
     /// The installed remote key set, as fetched, to tell a changed set from a refresh.
     installed_jwks: RefCell<Vec<Value>>,
+    /// SHA-256 of the installed remote key set (zero before any): unlike `generation`, the same in
+    /// every VM that installed the same set, so tokens shared between VMs can name their key set.
+    key_set_fingerprint: std::cell::Cell<[u8; 32]>,
 }
 
 impl Issuer {
@@ -343,6 +346,7 @@ impl Issuer {
                 .map(|config| RefCell::new((RemoteKeys::new(config, &spec.issuer_url), Vec::new()))),
             generation: std::cell::Cell::new(0),
             installed_jwks: RefCell::new(Vec::new()),
+            key_set_fingerprint: std::cell::Cell::new([0; 32]),
         };
         Ok((issuer, warnings))
     }
@@ -405,6 +409,8 @@ impl Issuer {
         remote.0.installed(now);
         if let Ok(mut installed) = self.installed_jwks.try_borrow_mut() {
             if *installed != jwks {
+                let bytes = serde_json::to_vec(&jwks).unwrap_or_default();
+                self.key_set_fingerprint.set(hmac_sha256::Hash::hash(&bytes));
                 *installed = jwks;
                 self.generation.set(self.generation.get() + 1);
             }
@@ -415,6 +421,12 @@ impl Issuer {
     /// The generation of the key set (changes when a different remote set is installed).
     pub fn key_generation(&self) -> u64 {
         self.generation.get()
+    }
+
+    /// The fingerprint of the remote key set in use (zero for inline keys only, which the bundle's
+    /// digest already pins).
+    pub fn key_set_fingerprint(&self) -> [u8; 32] {
+        self.key_set_fingerprint.get()
     }
 
     /// Whether the issuer has keys usable at `now` (inline keys, or a remote set not too stale).

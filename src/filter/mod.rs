@@ -19,6 +19,7 @@ use crate::config::BundleConfig;
 use crate::decision::Reason;
 use crate::engine::{Engine, HttpRequest, Outcome};
 use crate::remote::FetchOutcome;
+use crate::shared::{SharedStore, SharedTokens};
 
 mod metrics;
 mod request;
@@ -33,6 +34,20 @@ proxy_wasm::main! {{
 fn log(level: LogLevel, message: &str) {
     // Logging is best effort; there is nothing better to do if the host refuses it.
     let _ = hostcalls::log(level, message);
+}
+
+/// The host's shared data: one store for every VM of this Envoy with the same `vm_id`.
+struct HostSharedData;
+
+impl SharedStore for HostSharedData {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        hostcalls::get_shared_data(key).ok()?.0
+    }
+
+    fn set(&self, key: &str, value: &[u8]) {
+        // Best effort: a refused write only means another VM verifies the token itself.
+        let _ = hostcalls::set_shared_data(key, Some(value), None);
+    }
 }
 
 /// A request parked until the first remote key set arrives.
@@ -105,7 +120,10 @@ impl RootContext for Root {
         let configure_ms = now_millis().zip(started).map(|(end, start)| end.saturating_sub(start));
         let now = now_secs().unwrap_or(0);
         match compiled {
-            Ok((engine, warnings)) => {
+            Ok((mut engine, warnings)) => {
+                let digest = crate::audit::sha256_hex(&bytes);
+                let slots = engine.settings().token_cache_entries;
+                engine.share_tokens(SharedTokens::new(Box::new(HostSharedData), &digest, slots));
                 let record =
                     LoadRecord::new(&bytes, Ok(&engine), now).with_cost(configure_ms, Some(memory_bytes()));
                 log(LogLevel::Info, &record.to_json());
@@ -332,6 +350,7 @@ fn act(
     }
     if let Some(metrics) = metrics {
         metrics.record(outcome);
+        metrics.verifications(engine.take_verifications());
         // Caches grow with traffic: keep the memory gauge current (a host call only on growth).
         metrics.memory(memory_bytes());
     }
