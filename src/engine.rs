@@ -1,7 +1,7 @@
 //! One request from headers to decision: request checks, token verification (with the verified-token
 //! cache and revocation lists), policy.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
 
@@ -89,8 +89,6 @@ pub struct Engine {
     keyer: Option<CacheKeyer>,
     /// Verified tokens shared with the other VMs of the process (the plugin only).
     shared: Option<SharedTokens>,
-    /// Full verifications (signature and claims) performed since `take_verifications`.
-    verifications: Cell<u64>,
     sampler: AuditSampler,
 }
 
@@ -115,7 +113,6 @@ impl Engine {
             cache: RefCell::new(TokenCache::new(settings.token_cache_entries)),
             keyer: CacheKeyer::random().ok(),
             shared: None,
-            verifications: Cell::new(0),
             sampler: AuditSampler::new(settings.audit_allow_sample_rate),
             settings,
         }
@@ -190,9 +187,10 @@ impl Engine {
         }
     }
 
-    /// How many tokens this engine fully verified (signature and claims) since the last call.
+    /// How many tokens had their signature checked since the last call (cache misses that got as
+    /// far as a key: not a token refused before, nor one waiting for keys).
     pub fn take_verifications(&self) -> u64 {
-        self.verifications.take()
+        self.issuers.take_signature_checks()
     }
 
     /// Verified-token cache counters.
@@ -245,7 +243,7 @@ impl Engine {
             return Err(Reason::TokenTooLarge);
         }
         let Some(key) = self.keyer.map(|k| k.key(token)) else {
-            return Ok((Rc::new(self.verify(token, now)?), false));
+            return Ok((Rc::new(self.issuers.verify(token, now)?), false));
         };
         // A failed borrow cannot happen (no re-entrancy); if it did, verify without the cache.
         if let Some((hit, generation)) = self.cache.try_borrow_mut().ok().and_then(|mut c| c.get(&key, now)) {
@@ -272,7 +270,7 @@ impl Engine {
             }
             return Ok((token, true));
         }
-        let verified = Rc::new(self.verify(token, now)?);
+        let verified = Rc::new(self.issuers.verify(token, now)?);
         let Some(issuer) = self.issuers.get(&verified.issuer_name) else { return Ok((verified, false)) };
         // A token without `exp` (allowed only by explicit opt-out) is re-verified each minute.
         let until = verified.expires_at.unwrap_or(now + 60);
@@ -283,12 +281,6 @@ impl Engine {
             shared.put(&key, &verified, &issuer.key_set_fingerprint(), until);
         }
         Ok((verified, false))
-    }
-
-    /// A full verification, counted.
-    fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, Reason> {
-        self.verifications.set(self.verifications.get() + 1);
-        self.issuers.verify(token, now)
     }
 
     /// What is checked on every request, cached token or not: revocation and certificate binding.

@@ -28,10 +28,20 @@ use crate::token::{Issuers, VerifiedToken};
 
 /// The process-wide key-value store of the proxy-wasm host (shared data), as the core needs it.
 pub trait SharedStore {
+    /// The value stored under `key`, if any, with its compare-and-swap version.
+    fn get_versioned(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Stores `value` under `key` if its version is still `version` (any version: `None`); whether
+    /// it was stored. A key that does not exist yet is always stored (proxy-wasm's semantics).
+    fn set_versioned(&self, key: &str, value: &[u8], version: Option<u32>) -> bool;
+
     /// The value stored under `key`, if any.
-    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.get_versioned(key).0
+    }
     /// Stores `value` under `key` (best effort: a refused write only costs a verification).
-    fn set(&self, key: &str, value: &[u8]);
+    fn set(&self, key: &str, value: &[u8]) {
+        self.set_versioned(key, value, None);
+    }
 }
 
 /// The largest serialized entry shared; a token with more claims stays in the local cache only.
@@ -253,24 +263,138 @@ impl SharedTokens {
     }
 }
 
+/// Remote key sets fetched once per process: one VM claims a fetch (a lease in shared data, taken
+/// with compare-and-swap) and publishes the response; the others install the published response
+/// instead of fetching. A published key set is parsed and checked by each VM exactly as a response
+/// of its own fetch would be (`Issuer::fetch_completed`): only the HTTP round trip is shared.
+pub struct SharedFetches {
+    store: Box<dyn SharedStore>,
+    /// `meshward/<bundle sha256>/`.
+    namespace: String,
+    /// This VM's lease value, so that it recognises its own claim.
+    owner: u64,
+}
+
+/// A fetch response as published in shared data.
+#[derive(Serialize, Deserialize)]
+struct Published {
+    /// When it was fetched (unix seconds): the key set's age counts from there in every VM.
+    at: u64,
+    body: String,
+}
+
+impl SharedFetches {
+    /// Fetches of the bundle with this SHA-256 (hex), shared in `store`.
+    pub fn new(store: Box<dyn SharedStore>, bundle_sha256: &str) -> Self {
+        let owner =
+            CacheKeyer::random().map_or(1, |k| k.to_bytes().iter().fold(1u64, |a, &b| a << 8 | u64::from(b)));
+        SharedFetches { store, namespace: format!("meshward/{bundle_sha256}/"), owner }
+    }
+
+    fn name(&self, kind: &str, issuer: &str, path: &str) -> String {
+        format!("{}{kind}/{issuer}/{path}", self.namespace)
+    }
+
+    /// Claims the fetch of `path` for `issuer` until `until_ms`, unless another VM holds an
+    /// unexpired claim. Whether this VM is to fetch.
+    pub fn claim(&self, issuer: &str, path: &str, now_ms: u64, until_ms: u64) -> bool {
+        let name = self.name("lease", issuer, path);
+        let (value, version) = self.store.get_versioned(&name);
+        let held = value
+            .and_then(|v| serde_json::from_slice::<(u64, u64)>(&v).ok())
+            .is_some_and(|(owner, until)| owner != self.owner && until > now_ms);
+        if held {
+            return false;
+        }
+        let Ok(lease) = serde_json::to_vec(&(self.owner, until_ms)) else { return true };
+        // With a version, compare-and-swap settles a race; without (the first claim ever), read
+        // back: of two VMs writing at once, the one whose value stayed fetches.
+        self.store.set_versioned(&name, &lease, version)
+            && (version.is_some() || self.store.get(&name).as_deref() == Some(lease.as_slice()))
+    }
+
+    /// Publishes this VM's successful fetch of `path`, made at `at`.
+    pub fn publish(&self, issuer: &str, path: &str, at: u64, body: &[u8]) {
+        let Ok(body) = String::from_utf8(body.to_vec()) else { return };
+        if let Ok(bytes) = serde_json::to_vec(&Published { at, body }) {
+            self.store.set(&self.name("fetched", issuer, path), &bytes);
+        }
+    }
+
+    /// A response to the fetch of `path` that another VM published, if it is newer than the key
+    /// set this VM installed at `installed_at` and younger than `refresh_seconds` at `now`: its
+    /// time and body, for `Issuer::fetch_completed`.
+    pub fn adoptable(
+        &self,
+        issuer: &str,
+        path: &str,
+        installed_at: Option<u64>,
+        refresh_seconds: u64,
+        now: u64,
+    ) -> Option<(u64, Vec<u8>)> {
+        let bytes = self.store.get(&self.name("fetched", issuer, path))?;
+        let published: Published = serde_json::from_slice(&bytes).ok()?;
+        let newer = installed_at.is_none_or(|installed| published.at > installed);
+        (newer && now.saturating_sub(published.at) < refresh_seconds && published.at <= now)
+            .then(|| (published.at, published.body.into_bytes()))
+    }
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::rc::Rc;
 
-    /// Shared data in memory; clones share the map (as VMs share the host's).
+    /// Shared data in memory with versions; clones share the map (as VMs share the host's).
     #[derive(Clone, Default)]
-    pub struct MemoryStore(pub Rc<RefCell<HashMap<String, Vec<u8>>>>);
+    pub struct MemoryStore(Rc<RefCell<HashMap<String, Versioned>>>);
+
+    /// A value and its version.
+    type Versioned = (Vec<u8>, u32);
 
     impl SharedStore for MemoryStore {
-        fn get(&self, key: &str) -> Option<Vec<u8>> {
-            self.0.borrow().get(key).cloned()
+        fn get_versioned(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            match self.0.borrow().get(key) {
+                Some((value, version)) => (Some(value.clone()), Some(*version)),
+                None => (None, None),
+            }
         }
-        fn set(&self, key: &str, value: &[u8]) {
-            self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
+        fn set_versioned(&self, key: &str, value: &[u8], version: Option<u32>) -> bool {
+            let mut map = self.0.borrow_mut();
+            let current = map.get(key).map(|(_, v)| *v);
+            if let (Some(current), Some(expected)) = (current, version) {
+                if current != expected {
+                    return false;
+                }
+            }
+            map.insert(key.to_owned(), (value.to_vec(), current.map_or(1, |v| v + 1)));
+            true
         }
+    }
+
+    #[test]
+    fn one_vm_fetches_and_the_others_adopt_what_it_published() {
+        let store = MemoryStore::default();
+        let a = SharedFetches::new(Box::new(store.clone()), "d");
+        let b = SharedFetches::new(Box::new(store.clone()), "d");
+        assert!(a.claim("i", "/jwks", 1_000, 3_000));
+        assert!(!b.claim("i", "/jwks", 1_500, 3_500), "a holds the lease");
+        assert!(a.claim("i", "/jwks", 1_600, 3_600), "a may renew its own");
+        assert!(b.adoptable("i", "/jwks", None, 300, 1).is_none(), "nothing published yet");
+        a.publish("i", "/jwks", 2, b"{\"keys\":[]}");
+        assert_eq!(b.adoptable("i", "/jwks", None, 300, 3), Some((2, b"{\"keys\":[]}".to_vec())));
+        // Not older than what b has, and not past the refresh period.
+        assert!(b.adoptable("i", "/jwks", Some(2), 300, 3).is_none());
+        assert!(b.adoptable("i", "/jwks", Some(1), 300, 302).is_none());
+        assert!(b.adoptable("i", "/other", None, 300, 3).is_none());
+        // Once the lease has expired, another VM claims.
+        assert!(b.claim("i", "/jwks", 3_601, 5_000));
+        assert!(!a.claim("i", "/jwks", 3_700, 5_100));
+        // Another bundle's fetches are its own.
+        let c = SharedFetches::new(Box::new(store), "e");
+        assert!(c.claim("i", "/jwks", 3_700, 5_100));
     }
 
     #[test]

@@ -439,6 +439,11 @@ impl Issuer {
         self.remote.as_ref().and_then(|r| r.borrow().0.age(now))
     }
 
+    /// The refresh period of the issuer's remote key set, if it has one.
+    pub fn refresh_seconds(&self) -> Option<u64> {
+        self.remote.as_ref().map(|r| r.borrow().0.config().refresh_seconds)
+    }
+
     /// How long requests may wait for this issuer's first remote key set, if it has one.
     pub fn wait_for_keys_ms(&self) -> Option<u64> {
         self.remote.as_ref().map(|r| r.borrow().0.config().wait_for_keys_ms)
@@ -560,12 +565,19 @@ pub fn scheme_token<'a>(values: &[&'a str], scheme: Option<&str>) -> Result<&'a 
 pub struct Issuers {
     issuers: Vec<Issuer>,
     max_token_bytes: usize,
+    /// Tokens whose signature was checked (against one key or more), since the last take.
+    signature_checks: std::cell::Cell<u64>,
 }
 
 impl Issuers {
     /// Groups the issuers; `max_token_bytes` bounds what is decoded at all.
     pub fn new(issuers: Vec<Issuer>, max_token_bytes: usize) -> Self {
-        Issuers { issuers, max_token_bytes }
+        Issuers { issuers, max_token_bytes, signature_checks: std::cell::Cell::new(0) }
+    }
+
+    /// How many tokens had their signature checked since the last call.
+    pub fn take_signature_checks(&self) -> u64 {
+        self.signature_checks.take()
     }
 
     /// The issuers, in configuration order.
@@ -684,6 +696,9 @@ impl Issuers {
             }
         }
         drop(remote);
+        if tried {
+            self.signature_checks.set(self.signature_checks.get() + 1);
+        }
         let claims = match claims {
             Some(c) => c,
             None if tried => return Err(Reason::TokenSignatureInvalid),

@@ -21,11 +21,12 @@ const NOW: u64 = 1_800_000_000;
 struct MemoryStore(Rc<RefCell<HashMap<String, Vec<u8>>>>);
 
 impl SharedStore for MemoryStore {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.0.borrow().get(key).cloned()
+    fn get_versioned(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        (self.0.borrow().get(key).cloned(), None)
     }
-    fn set(&self, key: &str, value: &[u8]) {
+    fn set_versioned(&self, key: &str, value: &[u8], _version: Option<u32>) -> bool {
         self.0.borrow_mut().insert(key.to_owned(), value.to_vec());
+        true
     }
 }
 
