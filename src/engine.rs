@@ -10,7 +10,8 @@ use crate::config::{Revoked, Settings};
 use crate::decision::{Decision, Reason};
 use crate::policy::{Evaluation, Mode, Policy, PolicyInput};
 use crate::request::RequestTarget;
-use crate::token::cache::{digest, CacheStats, TokenCache};
+use crate::token::cache::{CacheStats, TokenCache};
+use crate::token::shared::{CacheKeyer, SharedTokens};
 use crate::token::source::{find_token, TokenSource};
 use crate::token::{Issuers, VerifiedToken};
 
@@ -125,6 +126,11 @@ pub struct Engine {
     revoked_subjects: HashSet<String>,
     settings: Settings,
     cache: RefCell<TokenCache>,
+    /// The token cache's keyed hash; `None` (no random source for its secret key) disables caching
+    /// rather than fall back to a predictable key.
+    keyer: Option<CacheKeyer>,
+    /// Verified tokens shared with the other VMs of the process (the plugin only).
+    shared: Option<SharedTokens>,
     sampler: AuditSampler,
 }
 
@@ -147,6 +153,8 @@ impl Engine {
             revoked_token_ids: revoked.token_ids.into_iter().collect(),
             revoked_subjects: revoked.subjects.into_iter().collect(),
             cache: RefCell::new(TokenCache::new(settings.token_cache_entries)),
+            keyer: CacheKeyer::random().ok(),
+            shared: None,
             sampler: AuditSampler::new(settings.audit_allow_sample_rate),
             settings,
         }
@@ -211,6 +219,25 @@ impl Engine {
     /// Whether a request refused for `keys_unavailable` should rather wait for the first keys.
     pub fn waiting_for_first_keys(&self, now_ms: u64) -> bool {
         self.issuers.waiting_for_first_keys(now_ms)
+    }
+
+    /// Shares verified tokens with the other VMs of the process (see [`crate::token::shared`]): the cache
+    /// key's secret becomes the one the VMs share, and cache misses look in `shared` before
+    /// verifying. Not with the cache disabled (`token_cache_entries` 0), nor without a random source.
+    pub fn share_tokens(&mut self, shared: SharedTokens) {
+        if self.settings.token_cache_entries == 0 {
+            return;
+        }
+        if let Some(keyer) = self.keyer {
+            self.keyer = Some(shared.keyer(keyer));
+            self.shared = Some(shared);
+        }
+    }
+
+    /// How many tokens had their signature checked since the last call (cache misses that got as
+    /// far as a key: not a token refused before, nor one waiting for keys).
+    pub fn take_verifications(&self) -> u64 {
+        self.issuers.take_signature_checks()
     }
 
     /// Verified-token cache counters.
@@ -331,7 +358,9 @@ impl Engine {
         if token.len() > self.settings.max_token_bytes {
             return Err(Reason::TokenTooLarge);
         }
-        let key = digest(token);
+        let Some(key) = self.keyer.map(|k| k.key(token)) else {
+            return Ok((Rc::new(self.issuers.verify(token, now)?), false));
+        };
         // A failed borrow cannot happen (no re-entrancy); if it did, verify without the cache.
         if let Some((hit, generation)) = self.cache.try_borrow_mut().ok().and_then(|mut c| c.get(&key, now)) {
             let issuer = self.issuers.get(&hit.issuer_name).ok_or(Reason::InternalError)?;
@@ -346,11 +375,26 @@ impl Engine {
                 return Ok((hit, true));
             }
         }
+        // Another VM may have verified it: its entry passes the checks of a local hit
+        // (SharedTokens::get), then the age limits, as a local hit does.
+        if let Some((token, until)) = self.shared.as_ref().and_then(|s| s.get(&key, &self.issuers, now)) {
+            let issuer = self.issuers.get(&token.issuer_name).ok_or(Reason::InternalError)?;
+            issuer.check_age(&token, now)?;
+            let token = Rc::new(token);
+            if let Ok(mut cache) = self.cache.try_borrow_mut() {
+                cache.insert(key, token.clone(), issuer.key_generation(), until, now);
+            }
+            return Ok((token, true));
+        }
         let verified = Rc::new(self.issuers.verify(token, now)?);
-        let generation = self.issuers.get(&verified.issuer_name).map_or(0, |i| i.key_generation());
+        let Some(issuer) = self.issuers.get(&verified.issuer_name) else { return Ok((verified, false)) };
+        // A token without `exp` (allowed only by explicit opt-out) is re-verified each minute.
+        let until = verified.expires_at.unwrap_or(now + 60);
         if let Ok(mut cache) = self.cache.try_borrow_mut() {
-            // A token without `exp` (allowed only by explicit opt-out) is re-verified each minute.
-            cache.insert(key, verified.clone(), generation, verified.expires_at.unwrap_or(now + 60), now);
+            cache.insert(key, verified.clone(), issuer.key_generation(), until, now);
+        }
+        if let Some(shared) = &self.shared {
+            shared.put(&key, &verified, &issuer.key_set_fingerprint(), until);
         }
         Ok((verified, false))
     }

@@ -14,6 +14,7 @@ pub struct Metrics {
     decisions: HashMap<(bool, Reason), u32>,
     cache_hits: Option<u32>,
     cache_misses: Option<u32>,
+    verifications: Option<u32>,
     dry_run_disagreements: Option<u32>,
     break_glass: Option<u32>,
     key_fetches: HashMap<&'static str, u32>,
@@ -47,6 +48,7 @@ impl Metrics {
             decisions,
             cache_hits: counter("meshward.token_cache_hits_total"),
             cache_misses: counter("meshward.token_cache_misses_total"),
+            verifications: counter("meshward.token_verifications_total"),
             dry_run_disagreements: counter("meshward.dry_run_disagreements_total"),
             break_glass: counter("meshward.break_glass_total"),
             key_fetches: ["installed", "discovered", "failed"]
@@ -72,6 +74,13 @@ impl Metrics {
             _ => {
                 let _ = hostcalls::record_metric(id, bytes);
             }
+        }
+    }
+
+    /// Counts full token verifications (a host call only when there were any: none on a cache hit).
+    pub fn verifications(&self, count: u64) {
+        if count > 0 {
+            add(self.verifications, i64::try_from(count).unwrap_or(i64::MAX));
         }
     }
 

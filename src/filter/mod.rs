@@ -19,6 +19,7 @@ use crate::config::BundleConfig;
 use crate::decision::Reason;
 use crate::engine::{Engine, HttpRequest, Outcome};
 use crate::token::remote::FetchOutcome;
+use crate::token::shared::{SharedFetches, SharedStore, SharedTokens};
 
 mod metrics;
 mod request;
@@ -35,6 +36,27 @@ proxy_wasm::main! {{
 fn log(level: LogLevel, message: &str) {
     // Logging is best effort; there is nothing better to do if the host refuses it.
     let _ = hostcalls::log(level, message);
+}
+
+/// The host's shared data: one store for every VM of this Envoy with the same `vm_id`.
+struct HostSharedData;
+
+impl SharedStore for HostSharedData {
+    fn get_versioned(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set_versioned(&self, key: &str, value: &[u8], version: Option<u32>) -> bool {
+        // A refused write only means another VM verifies (or fetches) for itself.
+        hostcalls::set_shared_data(key, Some(value), version).is_ok()
+    }
+}
+
+/// A key fetch another VM claimed: this VM waits for its published response until `until_ms`.
+struct Deferred {
+    issuer: String,
+    path: String,
+    until_ms: u64,
 }
 
 /// A request parked until the first remote key set arrives.
@@ -60,6 +82,10 @@ struct Root {
     fetches: HashMap<u32, (String, String)>,
     /// Whether Envoy's `verify_signature` passed the probe (`Err`: why not); probed once per VM.
     host_signatures: Option<Result<(), String>>,
+    /// Key fetches shared with the other VMs of the process (remote key sets only).
+    shared_fetches: Option<SharedFetches>,
+    /// Fetches another VM is making for this one.
+    deferred: Vec<Deferred>,
 }
 
 impl Context for Root {
@@ -85,12 +111,13 @@ impl Context for Root {
             None
         };
         let outcome = engine.key_fetch_completed(&issuer, &path, status, body.as_deref(), now);
-        self.report_fetch(&engine, &issuer, &path, &outcome);
-        match outcome {
-            FetchOutcome::Installed { .. } => self.resume_waiters(&engine),
-            FetchOutcome::Discovered { .. } => self.dispatch_due(&engine, now),
-            FetchOutcome::Failed(_) => {}
+        if let (Some(shared), Some(body), false) =
+            (&self.shared_fetches, &body, matches!(outcome, FetchOutcome::Failed(_)))
+        {
+            // A response this VM accepted: the other VMs install it rather than fetch it again.
+            shared.publish(&issuer, &path, now, body);
         }
+        self.fetch_done(&engine, &issuer, &path, outcome, now);
     }
 }
 
@@ -126,6 +153,9 @@ impl RootContext for Root {
                         "wasm"
                     }
                 };
+                let digest = crate::audit::sha256_hex(&bytes);
+                let slots = engine.settings().token_cache_entries;
+                engine.share_tokens(SharedTokens::new(Box::new(HostSharedData), &digest, slots));
                 let record = LoadRecord::new(&bytes, Ok(&engine), now)
                     .with_cost(configure_ms, Some(memory_bytes()))
                     .with_signature_backend(backend);
@@ -144,6 +174,8 @@ impl RootContext for Root {
                     ),
                 );
                 let remote = engine.issuers().iter().any(|i| i.has_remote_keys());
+                self.shared_fetches = remote.then(|| SharedFetches::new(Box::new(HostSharedData), &digest));
+                self.deferred.clear();
                 self.engine = Some(Rc::new(engine));
                 let metrics = self.metrics.get_or_insert_with(|| Rc::new(Metrics::define()));
                 metrics.memory(memory_bytes());
@@ -165,6 +197,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(engine) = self.engine.clone() else { return };
         let now = now_secs().unwrap_or(0);
+        self.adopt_deferred(&engine, now);
         self.dispatch_due(&engine, now);
         self.expire_waiters(&engine);
         if let Some(metrics) = &self.metrics {
@@ -191,8 +224,64 @@ impl RootContext for Root {
 }
 
 impl Root {
+    /// Logs and counts a completed fetch (own or adopted), then acts on it.
+    fn fetch_done(&mut self, engine: &Engine, issuer: &str, path: &str, outcome: FetchOutcome, now: u64) {
+        self.report_fetch(engine, issuer, path, &outcome);
+        match outcome {
+            FetchOutcome::Installed { .. } => self.resume_waiters(engine),
+            FetchOutcome::Discovered { .. } => self.dispatch_due(engine, now),
+            FetchOutcome::Failed(_) => {}
+        }
+    }
+
+    /// Installs the response another VM published for this fetch, if there is a usable one
+    /// (see `SharedFetches::adoptable`); whether it did. The response is checked as our own.
+    fn adopt(&mut self, engine: &Engine, issuer: &str, path: &str, now: u64) -> bool {
+        let (Some(shared), Some(found)) = (&self.shared_fetches, engine.issuers().get(issuer)) else {
+            return false;
+        };
+        let installed_at = found.key_set_age(now).map(|age| now.saturating_sub(age));
+        let refresh = found.refresh_seconds().unwrap_or(0);
+        let Some((at, body)) = shared.adoptable(issuer, path, installed_at, refresh, now) else {
+            return false;
+        };
+        // Installed as of the fetch's time, so the key set's age is the same in every VM.
+        let outcome = engine.key_fetch_completed(issuer, path, Some(200), Some(&body), at);
+        self.fetch_done(engine, issuer, path, outcome, now);
+        true
+    }
+
+    /// Installs what other VMs fetched for this one; a fetch whose claim ran out unanswered counts
+    /// as failed here (it is retried, with backoff, and claimed again).
+    fn adopt_deferred(&mut self, engine: &Engine, now: u64) {
+        let now_ms = now_millis().unwrap_or(now.saturating_mul(1000));
+        for waiting in std::mem::take(&mut self.deferred) {
+            if self.adopt(engine, &waiting.issuer, &waiting.path, now) {
+                continue;
+            }
+            if now_ms > waiting.until_ms {
+                let outcome = engine.key_fetch_completed(&waiting.issuer, &waiting.path, None, None, now);
+                self.fetch_done(engine, &waiting.issuer, &waiting.path, outcome, now);
+            } else {
+                self.deferred.push(waiting);
+            }
+        }
+    }
+
     fn dispatch_due(&mut self, engine: &Engine, now: u64) {
         for fetch in engine.due_key_fetches(now) {
+            if self.adopt(engine, &fetch.issuer, &fetch.path, now) {
+                continue;
+            }
+            if let Some(shared) = &self.shared_fetches {
+                // One VM of the process fetches; the others wait for its response.
+                let now_ms = now_millis().unwrap_or(now.saturating_mul(1000));
+                let until_ms = now_ms + fetch.timeout_ms + 1000;
+                if !shared.claim(&fetch.issuer, &fetch.path, now_ms, until_ms) {
+                    self.deferred.push(Deferred { issuer: fetch.issuer, path: fetch.path, until_ms });
+                    continue;
+                }
+            }
             let headers = vec![
                 (":method", "GET"),
                 (":path", fetch.path.as_str()),
@@ -353,6 +442,7 @@ fn act(
     }
     if let Some(metrics) = metrics {
         metrics.record(outcome);
+        metrics.verifications(engine.take_verifications());
         // Caches grow with traffic: keep the memory gauge current (a host call only on growth).
         metrics.memory(memory_bytes());
     }

@@ -1,6 +1,7 @@
 //! A bounded cache of verified tokens, so a token's signature is checked once, not on every request.
 //!
-//! Keys are SHA-256 digests of the token (the token itself is never kept). An entry is used only
+//! Keys are keyed 128-bit hashes of the token ([`crate::token::shared::CacheKeyer`]; the token itself is
+//! never kept). An entry is used only
 //! until the token's `exp` and is dropped after (a token inside the clock skew past `exp` is simply
 //! verified again); everything else that depends on time or configuration (age limits, revocation)
 //! is checked on every hit.
@@ -20,7 +21,7 @@ pub struct CacheStats {
 
 /// Verified tokens by digest, at most `capacity` of them.
 pub struct TokenCache {
-    entries: HashMap<[u8; 32], Entry>,
+    entries: HashMap<[u8; 16], Entry>,
     capacity: usize,
     stats: CacheStats,
 }
@@ -34,9 +35,7 @@ struct Entry {
 }
 
 /// The cache key of a token.
-pub fn digest(token: &str) -> [u8; 32] {
-    hmac_sha256::Hash::hash(token.as_bytes())
-}
+pub type Key = [u8; 16];
 
 impl TokenCache {
     /// An empty cache holding at most `capacity` tokens (0 disables caching).
@@ -46,7 +45,7 @@ impl TokenCache {
 
     /// The verified token for this digest, if cached and still usable at `now`, with the key-set
     /// generation it was verified with.
-    pub fn get(&mut self, key: &[u8; 32], now: u64) -> Option<(Rc<VerifiedToken>, u64)> {
+    pub fn get(&mut self, key: &Key, now: u64) -> Option<(Rc<VerifiedToken>, u64)> {
         match self.entries.get(key) {
             Some(entry) if now <= entry.usable_until => {
                 self.stats.hits += 1;
@@ -68,7 +67,7 @@ impl TokenCache {
     /// Remembers a verified token until `usable_until`.
     pub fn insert(
         &mut self,
-        key: [u8; 32],
+        key: Key,
         token: Rc<VerifiedToken>,
         generation: u64,
         usable_until: u64,
@@ -90,7 +89,7 @@ impl TokenCache {
         self.entries.retain(|_, e| now <= e.usable_until);
         if self.entries.len() >= self.capacity {
             let excess = (self.capacity / 8).max(1);
-            let victims: Vec<[u8; 32]> = self.entries.keys().take(excess).copied().collect();
+            let victims: Vec<Key> = self.entries.keys().take(excess).copied().collect();
             for key in victims {
                 self.entries.remove(&key);
             }
@@ -117,6 +116,10 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn digest(token: &str) -> Key {
+        crate::token::shared::CacheKeyer::from_bytes([7; 16]).key(token)
+    }
 
     fn token(sub: &str, exp: u64) -> Rc<VerifiedToken> {
         Rc::new(VerifiedToken {

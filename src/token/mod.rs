@@ -11,6 +11,7 @@ pub mod claims;
 pub mod hostcrypto;
 pub mod profile;
 pub mod remote;
+pub mod shared;
 pub mod source;
 
 use std::collections::HashSet;
@@ -333,6 +334,9 @@ pub struct Issuer {
     generation: std::cell::Cell<u64>,
     /// The installed remote key set, as fetched, to tell a changed set from a refresh.
     installed_jwks: RefCell<Vec<Value>>,
+    /// SHA-256 of the installed remote key set (zero before any): unlike `generation`, the same in
+    /// every VM that installed the same set, so tokens shared between VMs can name their key set.
+    key_set_fingerprint: std::cell::Cell<[u8; 32]>,
 }
 
 impl Issuer {
@@ -382,6 +386,7 @@ impl Issuer {
                 .map(|config| RefCell::new((RemoteKeys::new(config, &spec.issuer_url), Vec::new()))),
             generation: std::cell::Cell::new(0),
             installed_jwks: RefCell::new(Vec::new()),
+            key_set_fingerprint: std::cell::Cell::new([0; 32]),
         };
         Ok((issuer, warnings))
     }
@@ -444,6 +449,8 @@ impl Issuer {
         remote.0.installed(now);
         if let Ok(mut installed) = self.installed_jwks.try_borrow_mut() {
             if *installed != jwks {
+                let bytes = serde_json::to_vec(&jwks).unwrap_or_default();
+                self.key_set_fingerprint.set(hmac_sha256::Hash::hash(&bytes));
                 *installed = jwks;
                 self.generation.set(self.generation.get() + 1);
             }
@@ -456,6 +463,12 @@ impl Issuer {
         self.generation.get()
     }
 
+    /// The fingerprint of the remote key set in use (zero for inline keys only, which the bundle's
+    /// digest already pins).
+    pub fn key_set_fingerprint(&self) -> [u8; 32] {
+        self.key_set_fingerprint.get()
+    }
+
     /// Whether the issuer has keys usable at `now` (inline keys, or a remote set not too stale).
     pub fn keys_usable(&self, now: u64) -> bool {
         !self.keys.is_empty() || self.remote.as_ref().is_some_and(|r| r.borrow().0.usable(now))
@@ -464,6 +477,11 @@ impl Issuer {
     /// Age of the remote key set in use, if one was ever installed.
     pub fn key_set_age(&self, now: u64) -> Option<u64> {
         self.remote.as_ref().and_then(|r| r.borrow().0.age(now))
+    }
+
+    /// The refresh period of the issuer's remote key set, if it has one.
+    pub fn refresh_seconds(&self) -> Option<u64> {
+        self.remote.as_ref().map(|r| r.borrow().0.config().refresh_seconds)
     }
 
     /// How long requests may wait for this issuer's first remote key set, if it has one.
@@ -591,17 +609,24 @@ pub struct Issuers {
     /// Checks RSA PKCS#1 v1.5 and ECDSA signatures in the host when set (the filter, when Envoy
     /// has `verify_signature`); the pure-Rust path otherwise.
     signature_host: Option<Box<dyn SignatureHost>>,
+    /// Tokens whose signature was checked (against one key or more), since the last take.
+    signature_checks: std::cell::Cell<u64>,
 }
 
 impl Issuers {
     /// Groups the issuers; `max_token_bytes` bounds what is decoded at all.
     pub fn new(issuers: Vec<Issuer>, max_token_bytes: usize) -> Self {
-        Issuers { issuers, max_token_bytes, signature_host: None }
+        Issuers { issuers, max_token_bytes, signature_host: None, signature_checks: std::cell::Cell::new(0) }
     }
 
     /// Has `host` check the signatures it can (RSA PKCS#1 v1.5, ECDSA); every other check stays here.
     pub fn set_signature_host(&mut self, host: Box<dyn SignatureHost>) {
         self.signature_host = Some(host);
+    }
+
+    /// How many tokens had their signature checked since the last call.
+    pub fn take_signature_checks(&self) -> u64 {
+        self.signature_checks.take()
     }
 
     /// The issuers, in configuration order.
@@ -707,9 +732,12 @@ impl Issuers {
         let unnamed = of_alg().filter(|k| kid.is_some() && k.kid.is_none());
         // Whether a key of exactly this kid (or, for a token without kid, any key) was tried.
         let mut named_tried = false;
+        // Whether any key was tried at all: a signature check counted by `take_signature_checks`.
+        let mut tried = false;
         let mut claims = None;
         for (is_named, key) in named.map(|k| (true, k)).chain(unnamed.map(|k| (false, k))) {
             named_tried |= is_named;
+            tried = true;
             let verified = match (&self.signature_host, &key.host) {
                 (Some(host), Some(host_key)) => {
                     hostcrypto::verify_token(host.as_ref(), host_key, alg.name(), token, &options)
@@ -728,6 +756,9 @@ impl Issuers {
             }
         }
         drop(remote);
+        if tried {
+            self.signature_checks.set(self.signature_checks.get() + 1);
+        }
         let claims = match claims {
             Some(c) => c,
             None if named_tried => return Err(Reason::TokenSignatureInvalid),

@@ -96,16 +96,7 @@ impl Envoy {
 
     /// Like [`Envoy::start_with_clusters`], reporting whether Envoy became ready or exited.
     pub fn try_start_with_clusters(bundle_json: &str, clusters: Vec<(String, u16)>) -> Started {
-        let options = EnvoyOptions {
-            listen_port: free_port(),
-            backend_port: free_port(),
-            admin_port: free_port(),
-            wasm_path: wasm_module().display().to_string(),
-            clusters,
-            ..EnvoyOptions::default()
-        };
-        let (listen, admin) = (options.listen_port, options.admin_port);
-        Self::try_start_yaml(&envoy_bootstrap(bundle_json, &options), listen, admin)
+        Self::try_start_with_workers(bundle_json, clusters, 1)
     }
 
     /// Starts Envoy with a complete bootstrap (for tests that need their own listeners, clusters or
@@ -119,13 +110,37 @@ impl Envoy {
 
     /// Like [`Envoy::start_yaml`], reporting whether Envoy became ready or exited.
     pub fn try_start_yaml(bootstrap: &str, listen_port: u16, admin_port: u16) -> Started {
+        Self::try_start_yaml_workers(bootstrap, listen_port, admin_port, 1)
+    }
+
+    /// Like [`Envoy::try_start_with_clusters`], with `workers` worker threads (one VM each).
+    pub fn try_start_with_workers(bundle_json: &str, clusters: Vec<(String, u16)>, workers: u32) -> Started {
+        let options = EnvoyOptions {
+            listen_port: free_port(),
+            backend_port: free_port(),
+            admin_port: free_port(),
+            wasm_path: wasm_module().display().to_string(),
+            clusters,
+            ..EnvoyOptions::default()
+        };
+        let (listen, admin) = (options.listen_port, options.admin_port);
+        Self::try_start_yaml_workers(&envoy_bootstrap(bundle_json, &options), listen, admin, workers)
+    }
+
+    /// Like [`Envoy::try_start_yaml`], with `workers` worker threads (`--concurrency`).
+    pub fn try_start_yaml_workers(
+        bootstrap: &str,
+        listen_port: u16,
+        admin_port: u16,
+        workers: u32,
+    ) -> Started {
         let dir = scratch_dir();
         let config_path = dir.join("envoy.yaml");
         std::fs::write(&config_path, bootstrap).unwrap();
         let log_path = dir.join("envoy.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(envoy_binary())
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info"])
+            .args(["--concurrency", &workers.to_string(), "--disable-hot-restart", "--log-level", "info"])
             // Access logs are flushed every 10 s by default; tests read them sooner.
             .args(["--file-flush-interval-msec", "100", "-c"])
             .arg(&config_path)
