@@ -15,6 +15,7 @@ pub mod check;
 pub mod corpus;
 pub mod diff;
 pub mod explain;
+pub mod html;
 pub mod lint;
 mod progress;
 pub mod records;
