@@ -23,8 +23,12 @@ pub struct DiffArgs {
     #[arg(value_name = "NEW")]
     pub new: PathBuf,
     /// Record files (request records and/or audit records, JSON lines); `-` reads standard input.
-    #[arg(required = true, value_name = "FILE")]
+    #[arg(required_unless_present = "synthesize", value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// Instead of recordings, synthesize requests from both bundles' rules (each rule's matching
+    /// requests and those just outside each bound) and report every difference, with an example.
+    #[arg(long, conflicts_with = "files")]
+    pub synthesize: bool,
     /// `text`: changes grouped by rule; `json`: one line per changed request, then a summary line.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -73,6 +77,9 @@ struct Group {
 
 /// Runs `meshward diff`.
 pub fn run(args: &DiffArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    if args.synthesize {
+        return super::synthesize::run(args, out);
+    }
     let mut old = Bundle::load(&args.old)?;
     let mut new = Bundle::load(&args.new)?;
     let inputs = Input::open_all(&args.files)?;

@@ -20,6 +20,7 @@ pub mod lint;
 mod progress;
 pub mod records;
 pub mod replay;
+pub mod synthesize;
 pub mod tighten;
 
 use std::io::Write;
