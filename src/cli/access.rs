@@ -64,10 +64,7 @@ fn html_cells(g: &Grant<'_>, kind: &str, now: u64) -> Vec<html::Cell> {
         Some(reg) => reg
             .actions
             .iter()
-            .map(|a| {
-                let name = serde_json::to_value(a).ok().and_then(|v| v.as_str().map(str::to_owned));
-                (format!("registry {}", name.unwrap_or_default()), reg.repositories.join(", "))
-            })
+            .map(|a| (format!("registry {}", super::tighten::action_name(a)), reg.repositories.join(", ")))
             .collect(),
         None => vec![(what(r), String::new())],
     };

@@ -171,7 +171,7 @@ fn probes_of(rule: &RuleConfig, bundle: &Bundle, at: u64) -> Vec<Probe> {
                         let path = template.replace("{repo:**}", &repo_sample).replace("{reference}", "1.0");
                         if let Some(m) = methods.last() {
                             requests.push((
-                                format!("matching {id} ({} on {repo})", format!("{action:?}").to_lowercase()),
+                                format!("matching {id} ({} on {repo})", super::tighten::action_name(action)),
                                 (*m).into(),
                                 path,
                             ));

@@ -400,7 +400,8 @@ fn path_text(p: &PathConfig) -> String {
     }
 }
 
-fn action_name(a: &RegistryAction) -> String {
+/// `pull`, `push`, `delete`, `promote`: an action as bundles spell it.
+pub(crate) fn action_name(a: &RegistryAction) -> String {
     serde_json::to_value(a).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
