@@ -855,6 +855,13 @@ fn report_text(
     for note in stats.underivable_notes() {
         writeln!(out, "{note}")?;
     }
+    if stats.access_log_without_decision + stats.istio_text_lines > 0 {
+        writeln!(
+            out,
+            "CAUTION: the proposal does not account for those requests; grants only they used would be dropped \
+             (audit every request: settings.audit_allow_sample_rate 1.0 and audit_filter_state)"
+        )?;
+    }
     for r in reports {
         writeln!(out)?;
         let owner = if r.owner.is_empty() { String::new() } else { format!(" ({})", r.owner) };
