@@ -256,3 +256,31 @@ fn diff_synthesize_finds_a_change_the_recordings_never_exercise() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_rule_used_only_for_version_checks_keeps_its_repositories() {
+    let dir = scratch("base");
+    // Only the registry version check (`GET /v2/`), which any registry rule allows.
+    let corpus = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(CORPUS)).unwrap();
+    let base: Vec<&str> = corpus.lines().filter(|l| l.contains("\"path\":\"/v2/\"")).collect();
+    assert!(!base.is_empty());
+    let file = dir.join("base.jsonl");
+    std::fs::write(&file, base.join("\n") + "\n").unwrap();
+    let r = meshward(&[
+        "tighten",
+        "--fail-on-unused",
+        "--keep",
+        "push-dev-builders",
+        "--keep",
+        "promote-release-bot",
+        "--keep",
+        "partner-acme-pull",
+        REGISTRY,
+        file.to_str().unwrap(),
+    ]);
+    assert!(r.stdout.contains("rule pull-workloads (platform-team): "), "{}", r.stdout);
+    assert!(!r.stdout.contains("UNUSED: repository **"), "{}", r.stdout);
+    assert!(!r.stdout.contains("repositories: ** ->"), "{}", r.stdout);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}

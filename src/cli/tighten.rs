@@ -424,8 +424,11 @@ fn narrow(rule: &mut RuleConfig, usage: &Usage) -> Narrowing {
         let one = what
             .strip_suffix("ies")
             .map_or_else(|| what.trim_end_matches('s').to_owned(), |w| format!("{w}y"));
-        unused.extend(gone.drain(..).map(|e| format!("{one} {e}")));
+        let dropped: Vec<String> = gone.drain(..).map(|e| format!("{one} {e}")).collect();
+        // Nothing attributable (e.g. only `/v2/` version checks for a registry rule): leave the
+        // list as written rather than empty it, and call none of it unused.
         if old != new && !new.is_empty() {
+            unused.extend(dropped);
             changes.push(format!("{what}: {} -> {}", old.join(", "), new.join(", ")));
             Some(new)
         } else {
@@ -720,6 +723,14 @@ pub fn run(args: &TightenArgs, out: &mut dyn Write) -> Result<(), Failure> {
             .map_err(|e| Failure::usage(format!("the proposal does not compile: {e}")))?;
         let mut fresh_old = Bundle::load(&args.bundle)?;
         let proof = prove(args, &mut fresh_old, &mut new, since)?;
+        // A pipe reads empty the second time; a growing log reads longer: either way the proof
+        // would not be about the records the proposal came from.
+        if proof.records != in_window_records {
+            return Err(Failure::usage(format!(
+                "the recordings changed between reads ({in_window_records} records, then {}): give regular files",
+                proof.records
+            )));
+        }
         let newly: Vec<String> = proof.broken_rules.difference(&restored).cloned().collect();
         if proof.allow_to_deny == 0 || newly.is_empty() || round >= MAX_ROUNDS {
             break (reports, document, proof);
