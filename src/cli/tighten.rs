@@ -208,12 +208,36 @@ fn common_parent<'a>(values: impl Iterator<Item = &'a String>) -> String {
     common.map(|c| c.join("/")).unwrap_or_default()
 }
 
-/// Narrows wildcard globs to what was used: a glob nothing matched goes; a wildcard matched by at
-/// most [`READABLE_FLOOR`] values becomes them; a `prefix**` glob matched by more becomes a deeper
+/// How a list's entries match the values used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entries {
+    /// Subject, peer and repository globs.
+    Globs,
+    /// Host patterns (`name`, `*.domain`, `*`).
+    Hosts,
+}
+
+/// Whether a used value falls under a written entry.
+type Matcher = Box<dyn Fn(&str) -> bool>;
+
+/// A matcher for one written entry; `None` when it is kept as written (a host pattern with a
+/// port, matched against a port records may not carry, or an entry that does not compile).
+fn matcher(kind: Entries, written: &str) -> Option<Matcher> {
+    match kind {
+        Entries::Globs => Glob::new(written).ok().map(|g| Box::new(move |v: &str| g.matches(v)) as _),
+        Entries::Hosts if written.contains(':') => None,
+        Entries::Hosts => {
+            HostPattern::parse(written).ok().map(|p| Box::new(move |v: &str| p.matches(v, None)) as _)
+        }
+    }
+}
+
+/// Narrows a list to what was used: an entry nothing matched goes; a wildcard matched by at most
+/// [`READABLE_FLOOR`] values becomes them; a `prefix**` glob matched by more becomes a deeper
 /// `parent/**` when all of them share one. Only ever a subset of what was written.
-fn narrow_globs(globs: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<String> {
+fn narrow_entries(kind: Entries, entries: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<String> {
     if seen.overflow {
-        return globs.to_vec();
+        return entries.to_vec();
     }
     let mut out: Vec<String> = Vec::new();
     let push = |v: String, out: &mut Vec<String>| {
@@ -221,12 +245,12 @@ fn narrow_globs(globs: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<
             out.push(v);
         }
     };
-    for written in globs {
-        let Ok(glob) = Glob::new(written) else {
+    for written in entries {
+        let Some(matches) = matcher(kind, written) else {
             push(written.clone(), &mut out);
             continue;
         };
-        let matched: Vec<&String> = seen.values.iter().filter(|v| glob.matches(v)).collect();
+        let matched: Vec<&String> = seen.values.iter().filter(|v| matches(v)).collect();
         if matched.is_empty() {
             unused.push(written.clone());
             continue;
@@ -238,8 +262,8 @@ fn narrow_globs(globs: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<
                 push(v.clone(), &mut out);
             }
         } else {
-            let prefix = glob.literal_prefix();
-            let is_prefix_any = written.strip_prefix(prefix.as_str()) == Some("**");
+            let prefix = Glob::new(written).map(|g| g.literal_prefix()).unwrap_or_default();
+            let is_prefix_any = kind == Entries::Globs && written.strip_prefix(prefix.as_str()) == Some("**");
             let deeper = common_parent(matched.iter().copied());
             let candidate = format!("{deeper}/**");
             if is_prefix_any && candidate.starts_with(&prefix) && candidate.len() > written.len() {
@@ -252,36 +276,12 @@ fn narrow_globs(globs: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<
     out
 }
 
-/// Hosts: unused patterns go, a wildcard used by a few hosts becomes them.
+fn narrow_globs(globs: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<String> {
+    narrow_entries(Entries::Globs, globs, seen, unused)
+}
+
 fn narrow_hosts(hosts: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<String> {
-    if seen.overflow {
-        return hosts.to_vec();
-    }
-    let mut out: Vec<String> = Vec::new();
-    for written in hosts {
-        // Patterns with a port are matched against the port, which records may not carry.
-        let Ok(pattern) = HostPattern::parse(written).map_err(|_| ()).and_then(|p| {
-            if written.contains(':') {
-                Err(())
-            } else {
-                Ok(p)
-            }
-        }) else {
-            out.push(written.clone());
-            continue;
-        };
-        let matched: Vec<&String> = seen.values.iter().filter(|h| pattern.matches(h, None)).collect();
-        if matched.is_empty() {
-            unused.push(written.clone());
-            continue;
-        }
-        if written.contains('*') && matched.len() <= READABLE_FLOOR {
-            out.extend(matched.into_iter().filter(|h| !out.contains(h)).cloned().collect::<Vec<_>>());
-        } else if !out.contains(written) {
-            out.push(written.clone());
-        }
-    }
-    out
+    narrow_entries(Entries::Hosts, hosts, seen, unused)
 }
 
 /// Paths: unused entries go; a prefix used by a few paths becomes them, by more a deeper prefix.
