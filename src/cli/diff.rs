@@ -15,6 +15,11 @@ use crate::decision::Decision;
 
 /// `meshward diff` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Example: the builders may now also push to staging/, which no recording touches:
+  meshward diff old.json new.json tests/corpus/registry.jsonl   # 0 changed
+  meshward diff --synthesize old.json new.json
+  deny (policy_no_matching_rule) -> allow by push-dev-builders: 1 request
+    e.g. PUT registry.example.internal/v2/staging/x/y/manifests/1.0 as spiffe://example.internal/ci/builder/x ...")]
 pub struct DiffArgs {
     /// The current bundle.
     #[arg(value_name = "OLD")]

@@ -44,6 +44,10 @@ const MAX_LISTED: usize = 10;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Example (the registry bundle and its corpus):
   meshward tighten policies/registry.json tests/corpus/registry.jsonl --out registry.tight.json
+narrows pull-workloads from subjects spiffe://example.internal/** and repositories ** to
+spiffe://example.internal/apps/web on prod/web and team/a/b (and the other rules likewise), keeps
+break-glass-delete and the deny rule prod-is-immutable, and proves it: 12 allowed before, 12 still
+allowed, 0 allow -> deny. CI gate: --fail-on-unused.
 
 Deny, dry-run and break-glass rules are kept as written (narrowing a deny rule would broaden \
 access). Records can be request records, the plugin's audit records or the JSON access log of \
