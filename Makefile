@@ -52,11 +52,11 @@ export MESHWARD_ENVOY := $(abspath $(ENVOY))
 
 .PHONY: all build wasm cli deps wasm-target wasm-opt-tool envoy envoy-oldest registry-tools test lint fmt-check \
         e2e e2e-oldest bench fuzz run stop envoy-config istio-examples schema image clean \
-        corpus wasm-test-deps test-wasm demo-registry bench-envoy wrk
+        corpus wasm-test-deps test-wasm demo-registry bench-envoy wrk chromium
 
 all: build
 
-deps: wasm-target wasm-opt-tool envoy envoy-oldest registry-tools wrk
+deps: wasm-target wasm-opt-tool envoy envoy-oldest registry-tools chromium wrk
 
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -81,6 +81,11 @@ $(VENV_OLDEST)/.envoy-$(ENVOY_OLDEST):
 registry-tools:
 	@command -v docker-registry >/dev/null && command -v skopeo >/dev/null || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y docker-registry skopeo; }
+
+# A headless browser for the access page's test (tests/browser_access.rs).
+chromium:
+	@command -v chromium >/dev/null || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
 build: wasm cli
 

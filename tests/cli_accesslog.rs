@@ -141,3 +141,24 @@ fn a_bundle_change_shows_on_access_log_decisions_in_diff() {
     assert!(stdout.contains("not re-derived: 1 Istio default-format"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tighten_reads_access_logs_and_warns_about_requests_it_cannot_see() {
+    let dir = scratch("tighten");
+    let log = mixed_log(&dir);
+    let out = dir.join("tight.json");
+    let (code, stdout, stderr) =
+        meshward(&["tighten", "policies/registry.json", &log, "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("not re-derived: 1 access-log lines without meshward's audit record"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("CAUTION: the proposal does not account for those requests"), "{stdout}");
+    // The access log's allowed pull (apps/web on prod/web) and the request record's version check
+    // are what pull-workloads still grants.
+    assert!(stdout.contains("rule pull-workloads (platform-team): 2 allowed requests; NARROWED"), "{stdout}");
+    assert!(stdout.contains("  repositories: ** -> prod/web"), "{stdout}");
+    assert!(stdout.contains("0 allow -> deny, 0 deny -> allow"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -222,3 +222,65 @@ fn payments_templates_stay_templates_and_wildcard_methods_narrow() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn diff_synthesize_finds_a_change_the_recordings_never_exercise() {
+    let dir = scratch("synthesize");
+    // The builders may now also push to staging/: no recorded request touches it.
+    let mut bundle = registry();
+    bundle["rules"][1]["registry"]["repositories"] = json!(["dev/**", "staging/**"]);
+    let new = dir.join("new.json");
+    std::fs::write(&new, bundle.to_string()).unwrap();
+    let recorded = meshward(&["diff", "--exit-code", REGISTRY, new.to_str().unwrap(), CORPUS]);
+    assert_eq!(recorded.code, 0, "{}", recorded.stdout);
+    let r = meshward(&["diff", "--synthesize", "--exit-code", REGISTRY, new.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("deny (policy_no_matching_rule) -> allow by push-dev-builders: 1 request"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("e.g. PUT registry.example.internal/v2/staging/x/y/manifests/1.0 as spiffe://example.internal/ci/builder/x (workloads)"),
+        "{}",
+        r.stdout
+    );
+    let j = meshward(&["diff", "--synthesize", "--format", "json", REGISTRY, new.to_str().unwrap()]);
+    let first: Value = serde_json::from_str(j.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(first["example"]["path"], "/v2/staging/x/y/manifests/1.0");
+    // The same bundle twice: nothing differs, on either example bundle.
+    for b in [REGISTRY, "policies/payments-api.json"] {
+        let same = meshward(&["diff", "--synthesize", "--exit-code", b, b]);
+        assert_eq!(same.code, 0, "{}", same.stdout);
+        assert!(same.stdout.contains(": 0 decided differently"), "{}", same.stdout);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_rule_used_only_for_version_checks_keeps_its_repositories() {
+    let dir = scratch("base");
+    // Only the registry version check (`GET /v2/`), which any registry rule allows.
+    let corpus = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(CORPUS)).unwrap();
+    let base: Vec<&str> = corpus.lines().filter(|l| l.contains("\"path\":\"/v2/\"")).collect();
+    assert!(!base.is_empty());
+    let file = dir.join("base.jsonl");
+    std::fs::write(&file, base.join("\n") + "\n").unwrap();
+    let r = meshward(&[
+        "tighten",
+        "--fail-on-unused",
+        "--keep",
+        "push-dev-builders",
+        "--keep",
+        "promote-release-bot",
+        "--keep",
+        "partner-acme-pull",
+        REGISTRY,
+        file.to_str().unwrap(),
+    ]);
+    assert!(r.stdout.contains("rule pull-workloads (platform-team): "), "{}", r.stdout);
+    assert!(!r.stdout.contains("UNUSED: repository **"), "{}", r.stdout);
+    assert!(!r.stdout.contains("repositories: ** ->"), "{}", r.stdout);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}

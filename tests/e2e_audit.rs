@@ -169,6 +169,26 @@ fn audit_trail_access_log_and_metrics_account_for_every_request() {
         stdout.contains(&format!("not re-derived: {} access-log lines without", burst.len() - records.len())),
         "{stdout}"
     );
+    // `meshward tighten` proposes from the same access log and proves the proposal on it.
+    let tight = dir.join("tight.json");
+    let tighten = std::process::Command::new(env!("CARGO_BIN_EXE_meshward"))
+        .arg("tighten")
+        .arg(&bundle_path)
+        .arg(&log_path)
+        .arg("--out")
+        .arg(&tight)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&tighten.stdout);
+    assert_eq!(tighten.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&tighten.stderr));
+    assert!(stdout.contains(", 0 allow -> deny, 0 deny -> allow"), "{stdout}");
+    // The writer's rule is narrowed to the writer, and the dry-run and break-glass rules are kept.
+    let proposal: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tight).unwrap()).unwrap();
+    let rule = |id: &str| proposal["rules"].as_array().unwrap().iter().find(|r| r["id"] == id).cloned();
+    assert_eq!(rule("write").unwrap()["subjects"], json!(["spiffe://t/writer"]));
+    assert_eq!(rule("future-lockdown").unwrap(), bundle["rules"][2]);
+    assert_eq!(rule("emergency-delete").unwrap(), bundle["rules"][3]);
     let _ = std::fs::remove_dir_all(&dir);
 
     // Metrics count every decision, sampled or not.

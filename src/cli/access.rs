@@ -12,8 +12,8 @@ use super::bundle::Bundle;
 use super::lint::{globs_cover, names_cover};
 use super::progress::Progress;
 use super::records::{self, Input, Record};
-use super::{json_document, now, parse_time, rfc3339, Failure, Format};
-use crate::policy::{ConditionConfig, Glob, Mode, PathConfig, RuleConfig};
+use super::{html, json_document, now, parse_time, rfc3339, Failure};
+use crate::policy::{ConditionConfig, Effect, Glob, Mode, PathConfig, RuleConfig};
 
 /// Distinct identities taken from recordings, at most.
 const MAX_IDENTITIES: usize = 10_000;
@@ -39,9 +39,61 @@ pub struct AccessArgs {
     /// Judge time-bound rules as of this time (unix seconds or RFC 3339; default now).
     #[arg(long, value_name = "TIME")]
     pub now: Option<String>,
-    /// `text` or `json`.
+    /// `text`, `json`, or `html`: one self-contained page (identities down, hosts and actions
+    /// across; with --recordings, grants no recorded request used are marked).
     #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    pub format: AccessFormat,
+}
+
+/// How `access` prints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccessFormat {
+    /// Aligned text for people.
+    #[default]
+    Text,
+    /// JSON for programs.
+    Json,
+    /// One self-contained HTML page.
+    Html,
+}
+
+/// A grant as the HTML page's cells: one per host and action.
+fn html_cells(g: &Grant<'_>, kind: &str, now: u64) -> Vec<html::Cell> {
+    let r = g.rule;
+    let actions: Vec<(String, String)> = match &r.registry {
+        Some(reg) => reg
+            .actions
+            .iter()
+            .map(|a| (format!("registry {}", super::tighten::action_name(a)), reg.repositories.join(", ")))
+            .collect(),
+        None => vec![(what(r), String::new())],
+    };
+    let mut flags = Vec::new();
+    if r.mode == Some(Mode::DryRun) {
+        flags.push("dry-run");
+    }
+    if r.break_glass {
+        flags.push("break-glass");
+    }
+    let mut conds = conditions(r, kind);
+    if let Some(via) = &g.via {
+        conds.push(format!("via {via}"));
+    }
+    r.hosts
+        .iter()
+        .flat_map(|host| {
+            actions.iter().map(|(action, scope)| html::Cell {
+                host: host.clone(),
+                action: action.clone(),
+                rule: r.id.clone(),
+                effect: if r.effect == Effect::Allow { "allow" } else { "deny" },
+                scope: scope.clone(),
+                conditions: conds.clone(),
+                window: window(r, now).0,
+                flags: flags.clone(),
+            })
+        })
+        .collect()
 }
 
 /// An identity pattern as rules name it.
@@ -360,7 +412,39 @@ pub fn run(args: &AccessArgs, out: &mut dyn Write) -> Result<(), Failure> {
         }
     };
     match args.format {
-        Format::Text => {
+        AccessFormat::Html => {
+            let mut rows: Vec<html::Row> = patterns
+                .iter()
+                .map(|p| html::Row {
+                    identity: heading(p),
+                    cells: grants_for_pattern(&bundle, &rules, p)
+                        .iter()
+                        .flat_map(|g| html_cells(g, p.kind, now))
+                        .collect(),
+                })
+                .collect();
+            for ((issuer, subject), count) in &seen {
+                let grants = grants_for_identity(
+                    &bundle,
+                    &rules,
+                    Some(issuer).filter(|i| !i.is_empty()).map(String::as_str),
+                    subject,
+                );
+                let seen_text =
+                    if *count > 0 { format!(" (seen in {count} requests)") } else { String::new() };
+                rows.push(html::Row {
+                    identity: format!("{subject}{seen_text}"),
+                    cells: grants.iter().flat_map(|g| html_cells(g, "subject", now)).collect(),
+                });
+            }
+            let usage = if args.recordings.is_empty() {
+                None
+            } else {
+                Some(html::rule_usage(&mut bundle, &args.recordings)?)
+            };
+            html::page(out, &bundle, now, &rows, usage.as_ref())?;
+        }
+        AccessFormat::Text => {
             writeln!(out, "access granted by {}, as of {}", bundle.label(), rfc3339(now))?;
             writeln!(
                 out,
@@ -400,7 +484,7 @@ pub fn run(args: &AccessArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 writeln!(out, "\n(only the first {MAX_IDENTITIES} identities of the recordings are listed)")?;
             }
         }
-        Format::Json => {
+        AccessFormat::Json => {
             let patterns_json: Vec<Value> = patterns
                 .iter()
                 .map(|p| {

@@ -16,6 +16,11 @@ use crate::decision::Verdict;
 
 /// `meshward diff` arguments.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Example: the builders may now also push to staging/, which no recording touches:
+  meshward diff old.json new.json tests/corpus/registry.jsonl   # 0 changed
+  meshward diff --synthesize old.json new.json
+  deny (policy_no_matching_rule) -> allow by push-dev-builders: 1 request
+    e.g. PUT registry.example.internal/v2/staging/x/y/manifests/1.0 as spiffe://example.internal/ci/builder/x ...")]
 pub struct DiffArgs {
     /// The current bundle.
     #[arg(value_name = "OLD")]
@@ -24,8 +29,12 @@ pub struct DiffArgs {
     #[arg(value_name = "NEW")]
     pub new: PathBuf,
     /// Record files (request records and/or audit records, JSON lines); `-` reads standard input.
-    #[arg(required = true, value_name = "FILE")]
+    #[arg(required_unless_present = "synthesize", value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// Instead of recordings, synthesize requests from both bundles' rules (each rule's matching
+    /// requests and those just outside each bound) and report every difference, with an example.
+    #[arg(long, conflicts_with = "files")]
+    pub synthesize: bool,
     /// `text`: changes grouped by rule; `json`: one line per changed request, then a summary line.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
@@ -73,6 +82,9 @@ struct Group {
 
 /// Runs `meshward diff`.
 pub fn run(args: &DiffArgs, out: &mut dyn Write) -> Result<(), Failure> {
+    if args.synthesize {
+        return super::synthesize::run(args, out);
+    }
     let mut old = Bundle::load(&args.old)?;
     let mut new = Bundle::load(&args.new)?;
     let inputs = Input::open_all(&args.files)?;

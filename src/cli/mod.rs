@@ -16,6 +16,7 @@ pub mod corpus;
 pub mod dev;
 pub mod diff;
 pub mod explain;
+pub mod html;
 pub mod image;
 pub mod istio;
 pub mod lint;
@@ -23,6 +24,7 @@ mod progress;
 pub mod records;
 pub mod render;
 pub mod replay;
+pub mod synthesize;
 pub mod tighten;
 
 use std::io::Write;

@@ -44,6 +44,10 @@ const MAX_LISTED: usize = 10;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Example (the registry bundle and its corpus):
   meshward tighten policies/registry.json tests/corpus/registry.jsonl --out registry.tight.json
+narrows pull-workloads from subjects spiffe://example.internal/** and repositories ** to
+spiffe://example.internal/apps/web on prod/web and team/a/b (and the other rules likewise), keeps
+break-glass-delete and the deny rule prod-is-immutable, and proves it: 12 allowed before, 12 still
+allowed, 0 allow -> deny. CI gate: --fail-on-unused.
 
 Deny, dry-run and break-glass rules are kept as written (narrowing a deny rule would broaden \
 access). Records can be request records, the plugin's audit records or the JSON access log of \
@@ -208,12 +212,36 @@ fn common_parent<'a>(values: impl Iterator<Item = &'a String>) -> String {
     common.map(|c| c.join("/")).unwrap_or_default()
 }
 
-/// Narrows wildcard globs to what was used: a glob nothing matched goes; a wildcard matched by at
-/// most [`READABLE_FLOOR`] values becomes them; a `prefix**` glob matched by more becomes a deeper
+/// How a list's entries match the values used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entries {
+    /// Subject, peer and repository globs.
+    Globs,
+    /// Host patterns (`name`, `*.domain`, `*`).
+    Hosts,
+}
+
+/// Whether a used value falls under a written entry.
+type Matcher = Box<dyn Fn(&str) -> bool>;
+
+/// A matcher for one written entry; `None` when it is kept as written (a host pattern with a
+/// port, matched against a port records may not carry, or an entry that does not compile).
+fn matcher(kind: Entries, written: &str) -> Option<Matcher> {
+    match kind {
+        Entries::Globs => Glob::new(written).ok().map(|g| Box::new(move |v: &str| g.matches(v)) as _),
+        Entries::Hosts if written.contains(':') => None,
+        Entries::Hosts => {
+            HostPattern::parse(written).ok().map(|p| Box::new(move |v: &str| p.matches(v, None)) as _)
+        }
+    }
+}
+
+/// Narrows a list to what was used: an entry nothing matched goes; a wildcard matched by at most
+/// [`READABLE_FLOOR`] values becomes them; a `prefix**` glob matched by more becomes a deeper
 /// `parent/**` when all of them share one. Only ever a subset of what was written.
-fn narrow_globs(globs: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<String> {
+fn narrow_entries(kind: Entries, entries: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<String> {
     if seen.overflow {
-        return globs.to_vec();
+        return entries.to_vec();
     }
     let mut out: Vec<String> = Vec::new();
     let push = |v: String, out: &mut Vec<String>| {
@@ -221,12 +249,12 @@ fn narrow_globs(globs: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<
             out.push(v);
         }
     };
-    for written in globs {
-        let Ok(glob) = Glob::new(written) else {
+    for written in entries {
+        let Some(matches) = matcher(kind, written) else {
             push(written.clone(), &mut out);
             continue;
         };
-        let matched: Vec<&String> = seen.values.iter().filter(|v| glob.matches(v)).collect();
+        let matched: Vec<&String> = seen.values.iter().filter(|v| matches(v)).collect();
         if matched.is_empty() {
             unused.push(written.clone());
             continue;
@@ -238,8 +266,8 @@ fn narrow_globs(globs: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<
                 push(v.clone(), &mut out);
             }
         } else {
-            let prefix = glob.literal_prefix();
-            let is_prefix_any = written.strip_prefix(prefix.as_str()) == Some("**");
+            let prefix = Glob::new(written).map(|g| g.literal_prefix()).unwrap_or_default();
+            let is_prefix_any = kind == Entries::Globs && written.strip_prefix(prefix.as_str()) == Some("**");
             let deeper = common_parent(matched.iter().copied());
             let candidate = format!("{deeper}/**");
             if is_prefix_any && candidate.starts_with(&prefix) && candidate.len() > written.len() {
@@ -252,36 +280,12 @@ fn narrow_globs(globs: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<
     out
 }
 
-/// Hosts: unused patterns go, a wildcard used by a few hosts becomes them.
+fn narrow_globs(globs: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<String> {
+    narrow_entries(Entries::Globs, globs, seen, unused)
+}
+
 fn narrow_hosts(hosts: &[String], seen: &Seen, unused: &mut Vec<String>) -> Vec<String> {
-    if seen.overflow {
-        return hosts.to_vec();
-    }
-    let mut out: Vec<String> = Vec::new();
-    for written in hosts {
-        // Patterns with a port are matched against the port, which records may not carry.
-        let Ok(pattern) = HostPattern::parse(written).map_err(|_| ()).and_then(|p| {
-            if written.contains(':') {
-                Err(())
-            } else {
-                Ok(p)
-            }
-        }) else {
-            out.push(written.clone());
-            continue;
-        };
-        let matched: Vec<&String> = seen.values.iter().filter(|h| pattern.matches(h, None)).collect();
-        if matched.is_empty() {
-            unused.push(written.clone());
-            continue;
-        }
-        if written.contains('*') && matched.len() <= READABLE_FLOOR {
-            out.extend(matched.into_iter().filter(|h| !out.contains(h)).cloned().collect::<Vec<_>>());
-        } else if !out.contains(written) {
-            out.push(written.clone());
-        }
-    }
-    out
+    narrow_entries(Entries::Hosts, hosts, seen, unused)
 }
 
 /// Paths: unused entries go; a prefix used by a few paths becomes them, by more a deeper prefix.
@@ -400,7 +404,8 @@ fn path_text(p: &PathConfig) -> String {
     }
 }
 
-fn action_name(a: &RegistryAction) -> String {
+/// `pull`, `push`, `delete`, `promote`: an action as bundles spell it.
+pub(crate) fn action_name(a: &RegistryAction) -> String {
     serde_json::to_value(a).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
@@ -423,8 +428,11 @@ fn narrow(rule: &mut RuleConfig, usage: &Usage) -> Narrowing {
         let one = what
             .strip_suffix("ies")
             .map_or_else(|| what.trim_end_matches('s').to_owned(), |w| format!("{w}y"));
-        unused.extend(gone.drain(..).map(|e| format!("{one} {e}")));
+        let dropped: Vec<String> = gone.drain(..).map(|e| format!("{one} {e}")).collect();
+        // Nothing attributable (e.g. only `/v2/` version checks for a registry rule): leave the
+        // list as written rather than empty it, and call none of it unused.
         if old != new && !new.is_empty() {
+            unused.extend(dropped);
             changes.push(format!("{what}: {} -> {}", old.join(", "), new.join(", ")));
             Some(new)
         } else {
@@ -719,6 +727,14 @@ pub fn run(args: &TightenArgs, out: &mut dyn Write) -> Result<(), Failure> {
             .map_err(|e| Failure::usage(format!("the proposal does not compile: {e}")))?;
         let mut fresh_old = Bundle::load(&args.bundle)?;
         let proof = prove(args, &mut fresh_old, &mut new, since)?;
+        // A pipe reads empty the second time; a growing log reads longer: either way the proof
+        // would not be about the records the proposal came from.
+        if proof.records != in_window_records {
+            return Err(Failure::usage(format!(
+                "the recordings changed between reads ({in_window_records} records, then {}): give regular files",
+                proof.records
+            )));
+        }
         let newly: Vec<String> = proof.broken_rules.difference(&restored).cloned().collect();
         if proof.allow_to_deny == 0 || newly.is_empty() || round >= MAX_ROUNDS {
             break (reports, document, proof);
@@ -853,6 +869,13 @@ fn report_text(
     writeln!(out, "tighten {} over {records} records ({window})", path.display())?;
     for note in stats.underivable_notes() {
         writeln!(out, "{note}")?;
+    }
+    if stats.access_log_without_decision + stats.istio_text_lines > 0 {
+        writeln!(
+            out,
+            "CAUTION: the proposal does not account for those requests; grants only they used would be dropped \
+             (audit every request: settings.audit_allow_sample_rate 1.0 and audit_filter_state)"
+        )?;
     }
     for r in reports {
         writeln!(out)?;
