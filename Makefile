@@ -169,6 +169,12 @@ istio-examples: cli
 	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) > envoy/istio/mesh-wide.yaml
 	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --selector app=registry --dry-run > envoy/istio/registry-dry-run.yaml
 	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --selector app=registry > envoy/istio/registry-enforce.yaml
+	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --selector istio=ingressgateway --gateway > envoy/istio/ingress-gateway.yaml
+	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --target-ref Service/registry > envoy/istio/registry-waypoint.yaml
+	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --selector app=registry --kind TrafficExtension > envoy/istio/registry-traffic-extension.yaml
+	mkdir -p envoy/envoy-gateway
+	$(CLI) render envoy-gateway policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --target-ref HTTPRoute/registry > envoy/envoy-gateway/registry-route.yaml
+	$(CLI) render envoy-gateway policies/registry.json --url https://downloads.example.internal/meshward/meshward.wasm --sha256 $(ISTIO_EXAMPLE_DIGEST:sha256:%=%) --namespace gateways --target-ref Gateway/edge > envoy/envoy-gateway/edge-gateway.yaml
 
 # The plugin as an OCI image layout for Istio's WasmPlugin (tag = crate version); prints the digest.
 image: wasm cli registry-tools

@@ -81,6 +81,9 @@ fn delivered_by_istiod(bundle: &Value) -> String {
         digest: format!("sha256:{}", "0".repeat(64)),
         dry_run: false,
         pull_secret: None,
+        gateway: false,
+        target_refs: Vec::new(),
+        kind: meshward::istio::ExtensionKind::WasmPlugin,
     };
     let yaml = meshward::istio::wasm_plugin(&bundle.to_string(), &options).unwrap();
     let manifest: Value = serde_norway::from_str(&yaml).unwrap();
