@@ -49,12 +49,12 @@ E2E_TESTS        := $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs))
 export MESHWARD_ENVOY := $(abspath $(ENVOY))
 
 .PHONY: all build wasm cli deps wasm-target wasm-opt-tool envoy envoy-oldest registry-tools test lint fmt-check \
-        e2e e2e-oldest bench fuzz run stop envoy-config istio-examples schema image clean \
+        e2e e2e-oldest bench fuzz run stop envoy-config istio-examples oidc-provider schema image clean \
         corpus wasm-test-deps test-wasm demo-registry bench-envoy wrk
 
 all: build
 
-deps: wasm-target wasm-opt-tool envoy envoy-oldest registry-tools wrk
+deps: wasm-target wasm-opt-tool envoy envoy-oldest registry-tools wrk oidc-provider
 
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -165,6 +165,12 @@ schema: cli
 	$(CLI) schema > policies/meshward.schema.json
 
 # Checked-in Istio examples, rendered from the example bundle (tests/istio.rs checks them).
+# A real OpenID provider for tests/e2e_oidc.rs: the npm package oidc-provider, pinned by
+# tests/oidc/package-lock.json, installed into tests/oidc/node_modules (project-local).
+oidc-provider: tests/oidc/node_modules/.package-lock.json
+tests/oidc/node_modules/.package-lock.json: tests/oidc/package.json tests/oidc/package-lock.json
+	cd tests/oidc && npm ci --no-audit --no-fund
+
 istio-examples: cli
 	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) > envoy/istio/mesh-wide.yaml
 	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --selector app=registry --dry-run > envoy/istio/registry-dry-run.yaml
