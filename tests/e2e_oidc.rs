@@ -11,10 +11,9 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::Envoy;
+use support::{eventually, Envoy};
 
 /// The provider's Node process; stopped when dropped, whatever the test's outcome.
 struct Provider {
@@ -87,17 +86,6 @@ fn decode(token: &str) -> (Value, Value) {
         serde_json::from_slice(&b).unwrap()
     };
     (part(0), part(1))
-}
-
-fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 #[test]

@@ -152,6 +152,19 @@ fn strings_that_yaml_1_1_would_misread_are_quoted() {
     }
 }
 
+/// Each `meshward render TARGET policies/registry.json ARGS` exits 2 with `message` and no manifest.
+fn assert_usage_errors(target: &str, cases: &[(&[&str], &str)]) {
+    for (args, message) in cases {
+        let mut all = vec!["render", target, "policies/registry.json"];
+        all.extend_from_slice(args);
+        let out = meshward(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: no manifest on a refusal");
+    }
+}
+
 #[test]
 fn the_cli_refuses_references_that_do_not_pin_the_module() {
     let cases: &[(&[&str], &str)] = &[
@@ -183,15 +196,7 @@ fn the_cli_refuses_references_that_do_not_pin_the_module() {
             "--gateway selects gateway pods",
         ),
     ];
-    for (args, message) in cases {
-        let mut all = vec!["render", "istio", "policies/registry.json"];
-        all.extend_from_slice(args);
-        let out = meshward(&all);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
-        assert!(out.stdout.is_empty(), "{args:?}: no manifest on a refusal");
-    }
+    assert_usage_errors("istio", cases);
 
     // Envoy Gateway: a Gateway or HTTPRoute, and a pinned module.
     let eg: &[(&[&str], &str)] = &[
@@ -205,15 +210,7 @@ fn the_cli_refuses_references_that_do_not_pin_the_module() {
             "http:// or https://",
         ),
     ];
-    for (args, message) in eg {
-        let mut all = vec!["render", "envoy-gateway", "policies/registry.json"];
-        all.extend_from_slice(args);
-        let out = meshward(&all);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
-        assert!(out.stdout.is_empty(), "{args:?}: no manifest on a refusal");
-    }
+    assert_usage_errors("envoy-gateway", eg);
 
     // A bundle the plugin would refuse is not rendered either.
     let dir = support::scratch_dir();
