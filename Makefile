@@ -51,12 +51,12 @@ E2E_TESTS        := $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs))
 export MESHWARD_ENVOY := $(abspath $(ENVOY))
 
 .PHONY: all build wasm cli deps wasm-target wasm-opt-tool envoy envoy-oldest registry-tools test lint fmt-check \
-        e2e e2e-oldest bench fuzz run stop envoy-config istio-examples schema image clean \
+        e2e e2e-oldest bench fuzz run stop envoy-config istio-examples oidc-provider schema image clean \
         corpus wasm-test-deps test-wasm demo-registry bench-envoy wrk chromium
 
 all: build
 
-deps: wasm-target wasm-opt-tool envoy envoy-oldest registry-tools chromium wrk
+deps: wasm-target wasm-opt-tool envoy envoy-oldest registry-tools chromium wrk oidc-provider
 
 wasm-target:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -174,10 +174,22 @@ schema: cli
 	$(CLI) schema > policies/meshward.schema.json
 
 # Checked-in Istio examples, rendered from the example bundle (tests/istio.rs checks them).
+# A real OpenID provider for tests/e2e_oidc.rs: the npm package oidc-provider, pinned by
+# tests/oidc/package-lock.json, installed into tests/oidc/node_modules (project-local).
+oidc-provider: tests/oidc/node_modules/.package-lock.json
+tests/oidc/node_modules/.package-lock.json: tests/oidc/package.json tests/oidc/package-lock.json
+	cd tests/oidc && npm ci --no-audit --no-fund
+
 istio-examples: cli
 	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) > envoy/istio/mesh-wide.yaml
 	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --selector app=registry --dry-run > envoy/istio/registry-dry-run.yaml
 	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --selector app=registry > envoy/istio/registry-enforce.yaml
+	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --selector istio=ingressgateway --gateway > envoy/istio/ingress-gateway.yaml
+	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --target-ref Service/registry > envoy/istio/registry-waypoint.yaml
+	$(CLI) render istio policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --selector app=registry --kind TrafficExtension > envoy/istio/registry-traffic-extension.yaml
+	mkdir -p envoy/envoy-gateway
+	$(CLI) render envoy-gateway policies/registry.json --image $(ISTIO_EXAMPLE_IMAGE) --digest $(ISTIO_EXAMPLE_DIGEST) --namespace registry --target-ref HTTPRoute/registry > envoy/envoy-gateway/registry-route.yaml
+	$(CLI) render envoy-gateway policies/registry.json --url https://downloads.example.internal/meshward/meshward.wasm --sha256 $(ISTIO_EXAMPLE_DIGEST:sha256:%=%) --namespace gateways --target-ref Gateway/edge > envoy/envoy-gateway/edge-gateway.yaml
 
 # The plugin as an OCI image layout for Istio's WasmPlugin (tag = crate version); prints the digest.
 image: wasm cli registry-tools

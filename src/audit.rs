@@ -164,7 +164,8 @@ pub struct LoadRecord<'a> {
     pub kind: &'static str,
     /// Unix seconds.
     pub time: u64,
-    /// SHA-256 of the configuration bytes, hex: identifies exactly what was loaded.
+    /// The policy digest ([`policy_digest`]): the same for the bundle file (`meshward check`),
+    /// the configuration Envoy delivers and the one istiod re-marshals.
     pub sha256: String,
     /// Bundle name, when the bundle was accepted.
     pub bundle: Option<&'a str>,
@@ -191,10 +192,77 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hmac_sha256::Hash::hash(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The policy digest: SHA-256 (hex) of the configuration's canonical JSON form, so that a bundle
+/// reads the same whether Envoy delivers it byte for byte or istiod re-marshals it (keys sorted,
+/// `<>&` escaped, every number through a float64; `pilot/pkg/model/extensions.go`). Bytes that are
+/// not JSON are digested as they are.
+pub fn policy_digest(config: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(config) {
+        Ok(value) => sha256_hex(canonical_json(&value).as_bytes()),
+        Err(_) => sha256_hex(config),
+    }
+}
+
+/// The canonical form: no whitespace; object keys sorted by their UTF-8 bytes (as istiod sorts
+/// them); strings with JSON's minimal escapes; every number as the float64 the mesh carries it as,
+/// in shortest round-trip decimal without exponent (`1796060000`, `0.25`). The top-level `$schema`
+/// is left out: it only points editors at a schema, and the Istio renderer drops it.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    match value {
+        serde_json::Value::Object(members) => {
+            let kept = members.iter().filter(|(k, _)| k.as_str() != "$schema");
+            write_object(&mut out, kept);
+        }
+        other => write_canonical(&mut out, other),
+    }
+    out
+}
+
+fn write_canonical(out: &mut String, value: &serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => match n.as_f64() {
+            // `+ 0.0` turns -0 into 0, as JSON has one zero.
+            Some(f) if f.is_finite() => out.push_str(&format!("{}", f + 0.0)),
+            _ => out.push_str(&n.to_string()),
+        },
+        Value::String(s) => out.push_str(&serde_json::to_string(s).unwrap_or_default()),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(out, item);
+            }
+            out.push(']');
+        }
+        Value::Object(members) => write_object(out, members.iter()),
+    }
+}
+
+fn write_object<'v>(out: &mut String, members: impl Iterator<Item = (&'v String, &'v serde_json::Value)>) {
+    let mut members: Vec<_> = members.collect();
+    members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    out.push('{');
+    for (i, (key, value)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(key).unwrap_or_default());
+        out.push(':');
+        write_canonical(out, value);
+    }
+    out.push('}');
+}
+
 impl<'a> LoadRecord<'a> {
     /// The record of an accepted or refused configuration.
     pub fn new(config: &[u8], result: Result<&'a crate::Engine, &crate::ConfigError>, time: u64) -> Self {
-        let sha256 = sha256_hex(config);
+        let sha256 = policy_digest(config);
         match result {
             Ok(engine) => LoadRecord {
                 kind: "policy_load",

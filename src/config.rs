@@ -216,13 +216,55 @@ impl Default for Settings {
     }
 }
 
+/// The JSON with every integral float in u64's range rewritten as an integer, or `None` when
+/// there is none (or it is not JSON).
+fn integral_floats_as_integers(json: &[u8]) -> Option<Vec<u8>> {
+    fn rewrite(value: &mut serde_json::Value) -> bool {
+        use serde_json::Value;
+        match value {
+            Value::Number(n) => match n.as_f64().filter(|_| n.is_f64()) {
+                // 2^64 is exact as a float64; below it every integral float64 fits a u64.
+                Some(f) if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) => {
+                    let text = format!("{f}");
+                    match text.parse::<u64>() {
+                        Ok(integer) => {
+                            *value = Value::from(integer);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }
+                _ => false,
+            },
+            // `|` rather than `any`: every member is rewritten, not only up to the first.
+            Value::Array(items) => items.iter_mut().map(rewrite).fold(false, |a, b| a | b),
+            Value::Object(members) => members.values_mut().map(rewrite).fold(false, |a, b| a | b),
+            _ => false,
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(json).ok()?;
+    if !rewrite(&mut value) {
+        return None;
+    }
+    serde_json::to_vec(&value).ok()
+}
+
 fn default_clock_skew() -> u64 {
     30
 }
 
 impl BundleConfig {
-    /// Parses a bundle from JSON, naming the field of any error.
+    /// Parses a bundle from JSON, naming the field of any error. Integral numbers written as
+    /// floats (`1.79606e9`, `10000.0`: what JSON tools that carry every number as a float64 may
+    /// write) are accepted where an integer is expected.
     pub fn from_json(json: &[u8]) -> Result<Self, ConfigError> {
+        Self::from_exact_json(json).or_else(|e| match integral_floats_as_integers(json) {
+            Some(rewritten) => Self::from_exact_json(&rewritten).map_err(|_| e),
+            None => Err(e),
+        })
+    }
+
+    fn from_exact_json(json: &[u8]) -> Result<Self, ConfigError> {
         let mut de = serde_json::Deserializer::from_slice(json);
         let bundle = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let field = e.path().to_string();

@@ -106,14 +106,12 @@ fn envoy_enforces_the_policy() {
     let bundle = keys.bundle();
     let envoy = Envoy::start(&bundle);
 
-    // The load is audited with the digest of exactly what Envoy delivered (YAML adds a newline).
-    // Envoy configures each VM (main thread, worker): every load names the same digest.
+    // The load is audited with the policy digest of what Envoy delivered (YAML adds a newline,
+    // which the canonical form ignores). Envoy configures each VM (main thread, worker): every
+    // load names the same digest.
     let load = envoy.log_records("policy_load");
     assert!(!load.is_empty(), "no policy_load record:\n{}", envoy.log());
-    let digest: String = hmac_sha256::Hash::hash(format!("{bundle}\n").as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = meshward::audit::policy_digest(bundle.as_bytes());
     for record in &load {
         assert_eq!(record["sha256"], digest);
         assert_eq!(

@@ -19,7 +19,16 @@ const IMAGE: &str = "images.example.internal/platform/meshward";
 const DIGEST: &str = "sha256:5907775a9dfe25f6b7a0a7a6420049125ac977ea0e242eee0b1a51a432508c4a";
 
 /// The examples under envoy/istio/, each re-rendered by the command in its header.
-const EXAMPLES: &[&str] = &["mesh-wide.yaml", "registry-dry-run.yaml", "registry-enforce.yaml"];
+const EXAMPLES: &[&str] = &[
+    "ingress-gateway.yaml",
+    "mesh-wide.yaml",
+    "registry-dry-run.yaml",
+    "registry-enforce.yaml",
+    "registry-traffic-extension.yaml",
+    "registry-waypoint.yaml",
+];
+/// The examples under envoy/envoy-gateway/.
+const ENVOY_GATEWAY_EXAMPLES: &[&str] = &["edge-gateway.yaml", "registry-route.yaml"];
 
 fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -46,6 +55,9 @@ fn options(namespace: &str, selector: &[(&str, &str)], dry_run: bool) -> WasmPlu
         digest: DIGEST.into(),
         dry_run,
         pull_secret: None,
+        gateway: false,
+        target_refs: Vec::new(),
+        kind: meshward::cli::istio::ExtensionKind::WasmPlugin,
     }
 }
 
@@ -140,6 +152,19 @@ fn strings_that_yaml_1_1_would_misread_are_quoted() {
     }
 }
 
+/// Each `meshward render TARGET policies/registry.json ARGS` exits 2 with `message` and no manifest.
+fn assert_usage_errors(target: &str, cases: &[(&[&str], &str)]) {
+    for (args, message) in cases {
+        let mut all = vec!["render", target, "policies/registry.json"];
+        all.extend_from_slice(args);
+        let out = meshward(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: no manifest on a refusal");
+    }
+}
+
 #[test]
 fn the_cli_refuses_references_that_do_not_pin_the_module() {
     let cases: &[(&[&str], &str)] = &[
@@ -152,16 +177,40 @@ fn the_cli_refuses_references_that_do_not_pin_the_module() {
             &["--image", IMAGE, "--digest", DIGEST, "--namespace", "Registry"],
             "invalid namespace \"Registry\"",
         ),
+        (
+            &[
+                "--image",
+                IMAGE,
+                "--digest",
+                DIGEST,
+                "--selector",
+                "app=registry",
+                "--target-ref",
+                "Service/registry",
+            ],
+            "--selector and --target-ref exclude each other",
+        ),
+        (&["--image", IMAGE, "--digest", DIGEST, "--target-ref", "Pod/registry"], "invalid target reference"),
+        (
+            &["--image", IMAGE, "--digest", DIGEST, "--gateway", "--target-ref", "Gateway/edge"],
+            "--gateway selects gateway pods",
+        ),
     ];
-    for (args, message) in cases {
-        let mut all = vec!["render", "istio", "policies/registry.json"];
-        all.extend_from_slice(args);
-        let out = meshward(&all);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(message), "{args:?}: expected {message:?} in {stderr}");
-        assert!(out.stdout.is_empty(), "{args:?}: no manifest on a refusal");
-    }
+    assert_usage_errors("istio", cases);
+
+    // Envoy Gateway: a Gateway or HTTPRoute, and a pinned module.
+    let eg: &[(&[&str], &str)] = &[
+        (
+            &["--target-ref", "Service/registry", "--image", IMAGE, "--digest", DIGEST],
+            "a Gateway or an HTTPRoute",
+        ),
+        (&["--target-ref", "Gateway/edge", "--image", IMAGE, "--digest", "sha256:abc"], "invalid digest"),
+        (
+            &["--target-ref", "Gateway/edge", "--url", "ftp://x/m.wasm", "--sha256", &DIGEST[7..]],
+            "http:// or https://",
+        ),
+    ];
+    assert_usage_errors("envoy-gateway", eg);
 
     // A bundle the plugin would refuse is not rendered either.
     let dir = support::scratch_dir();
@@ -172,19 +221,18 @@ fn the_cli_refuses_references_that_do_not_pin_the_module() {
     assert!(out.stdout.is_empty());
 }
 
-#[test]
-fn checked_in_examples_are_the_renderers_output() {
-    let dir = repo("envoy/istio");
+/// Each example in `dir` is exactly what the command in its header renders.
+fn assert_examples_rendered(dir: &str, examples: &[&str]) -> Vec<Value> {
+    let dir = repo(dir);
     let mut found: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.ends_with(".yaml"))
         .collect();
     found.sort();
-    assert_eq!(found, EXAMPLES, "envoy/istio/ holds the mesh-wide and per-workload examples");
-
-    let mut scopes = Vec::new();
-    for name in EXAMPLES {
+    assert_eq!(found, examples, "{} holds the examples", dir.display());
+    let mut manifests = Vec::new();
+    for name in examples {
         let text = std::fs::read_to_string(dir.join(name)).unwrap();
         let command = text
             .lines()
@@ -195,11 +243,31 @@ fn checked_in_examples_are_the_renderers_output() {
         assert_eq!(
             String::from_utf8(out.stdout).unwrap(),
             text,
-            "envoy/istio/{name} is not what `meshward {command}` renders: re-render it (`make istio-examples`)"
+            "{}/{name} is not what `meshward {command}` renders: re-render it (`make istio-examples`)",
+            dir.display()
         );
-        let m: Value = serde_norway::from_str(&text).unwrap();
-        scopes.push((m["metadata"]["namespace"].clone(), m["spec"]["selector"].clone()));
+        manifests.push(serde_norway::from_str(&text).unwrap());
     }
+    manifests
+}
+
+#[test]
+fn checked_in_examples_are_the_renderers_output() {
+    let manifests = assert_examples_rendered("envoy/istio", EXAMPLES);
+    let scopes: Vec<_> = manifests
+        .iter()
+        .map(|m| (m["metadata"]["namespace"].clone(), m["spec"]["selector"].clone()))
+        .collect();
+    let kinds: Vec<_> = manifests.iter().map(|m| m["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"TrafficExtension") && kinds.contains(&"WasmPlugin"), "{kinds:?}");
+    assert!(manifests.iter().any(|m| m["spec"]["match"] == json!([{"mode": "CLIENT"}])), "a gateway example");
+    assert!(
+        manifests.iter().any(|m| m["spec"]["targetRefs"] == json!([{"group": "", "kind": "Service", "name": "registry"}])),
+        "a waypoint example"
+    );
+    let policies = assert_examples_rendered("envoy/envoy-gateway", ENVOY_GATEWAY_EXAMPLES);
+    let code_types: Vec<_> = policies.iter().map(|m| m["spec"]["wasm"][0]["code"]["type"].clone()).collect();
+    assert_eq!(code_types, [json!("HTTP"), json!("Image")]);
     assert!(scopes.contains(&(json!("istio-system"), Value::Null)), "a mesh-wide example: {scopes:?}");
     assert!(
         scopes.contains(&(json!("registry"), json!({"matchLabels": {"app": "registry"}}))),

@@ -89,7 +89,7 @@ enum RenderTarget {
         #[arg(long)]
         no_access_log: bool,
     },
-    /// An Istio WasmPlugin (extensions.istio.io/v1alpha1) carrying the bundle, on stdout.
+    /// An Istio WasmPlugin or TrafficExtension (extensions.istio.io/v1alpha1) carrying the bundle, on stdout.
     Istio {
         /// The bundle to deploy.
         bundle: PathBuf,
@@ -114,7 +114,67 @@ enum RenderTarget {
         /// Deploy in dry-run mode: decisions are audited, no request is denied.
         #[arg(long)]
         dry_run: bool,
+        /// The selected workloads are ingress/egress gateways (match CLIENT listeners, not SERVER).
+        #[arg(long)]
+        gateway: bool,
+        /// Attach to a resource instead of selecting workloads (repeatable): Gateway/NAME (an
+        /// ingress or waypoint Gateway), Service/NAME (through its waypoint), GatewayClass/NAME,
+        /// ServiceEntry/NAME. Waypoints apply only plugins attached this way.
+        #[arg(long = "target-ref", value_name = "KIND/NAME")]
+        target_refs: Vec<String>,
+        /// WasmPlugin (every supported release) or TrafficExtension (Istio 1.30 and later).
+        #[arg(long, value_enum, default_value_t = IstioKind::WasmPlugin)]
+        kind: IstioKind,
     },
+    /// An Envoy Gateway EnvoyExtensionPolicy (gateway.envoyproxy.io/v1alpha1), on stdout.
+    EnvoyGateway {
+        /// The bundle to deploy.
+        bundle: PathBuf,
+        /// The Gateway or HTTPRoute to attach to (repeatable): Gateway/NAME or HTTPRoute/NAME.
+        #[arg(long = "target-ref", value_name = "KIND/NAME", required = true)]
+        target_refs: Vec<String>,
+        /// The image repository, without tag or digest (with --digest).
+        #[arg(long, requires = "digest", conflicts_with = "url")]
+        image: Option<String>,
+        /// The image's manifest digest (sha256:...), as `meshward image` prints it.
+        #[arg(long, requires = "image")]
+        digest: Option<String>,
+        /// An http(s) URL of meshward.wasm (with --sha256).
+        #[arg(long, requires = "sha256", required_unless_present = "image")]
+        url: Option<String>,
+        /// The SHA-256 of meshward.wasm, 64 hex digits (`sha256sum target/meshward.wasm`).
+        #[arg(long, requires = "url")]
+        sha256: Option<String>,
+        /// The policy's namespace: that of the Gateway or HTTPRoute.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// The policy's name.
+        #[arg(long, default_value = meshward::cli::istio::DEFAULT_NAME)]
+        name: String,
+        /// Deploy in dry-run mode: decisions are audited, no request is denied.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IstioKind {
+    #[value(name = "WasmPlugin")]
+    WasmPlugin,
+    #[value(name = "TrafficExtension")]
+    TrafficExtension,
+}
+
+/// KIND/NAME arguments as pairs.
+fn target_refs(args: Vec<String>) -> Result<Vec<(String, String)>, Failure> {
+    args.into_iter()
+        .map(|a| match a.split_once('/') {
+            Some((kind, name)) if !kind.is_empty() && !name.is_empty() => {
+                Ok((kind.to_owned(), name.to_owned()))
+            }
+            _ => Err(Failure(2, meshward::cli::istio::IstioError::TargetRef(a.clone()).to_string())),
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -278,7 +338,19 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
         }
         Command::Render {
             target:
-                RenderTarget::Istio { bundle, image, digest, namespace, selectors, name, pull_secret, dry_run },
+                RenderTarget::Istio {
+                    bundle,
+                    image,
+                    digest,
+                    namespace,
+                    selectors,
+                    name,
+                    pull_secret,
+                    dry_run,
+                    gateway,
+                    target_refs: refs,
+                    kind,
+                },
         } => {
             let json = bundle::plugin_json(&bundle)?;
             bundle::Bundle::load(&bundle).map_err(|e| Failure(1, e.message))?;
@@ -298,9 +370,49 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Failure> {
                 digest,
                 dry_run,
                 pull_secret,
+                gateway,
+                target_refs: target_refs(refs)?,
+                kind: match kind {
+                    IstioKind::WasmPlugin => meshward::cli::istio::ExtensionKind::WasmPlugin,
+                    IstioKind::TrafficExtension => meshward::cli::istio::ExtensionKind::TrafficExtension,
+                },
             };
             let manifest =
                 meshward::cli::istio::wasm_plugin(&json, &options).map_err(|e| Failure(2, e.to_string()))?;
+            write!(out, "{manifest}")?;
+            Ok(())
+        }
+        Command::Render {
+            target:
+                RenderTarget::EnvoyGateway {
+                    bundle,
+                    target_refs: refs,
+                    image,
+                    digest,
+                    url,
+                    sha256,
+                    namespace,
+                    name,
+                    dry_run,
+                },
+        } => {
+            let json = bundle::plugin_json(&bundle)?;
+            bundle::Bundle::load(&bundle).map_err(|e| Failure(1, e.message))?;
+            let code = match (image, digest, url, sha256) {
+                (Some(image), Some(digest), _, _) => meshward::cli::render::WasmCode::Image { image, digest },
+                (_, _, Some(url), Some(sha256)) => meshward::cli::render::WasmCode::Http { url, sha256 },
+                _ => return Err(Failure(2, "give --image and --digest, or --url and --sha256".into())),
+            };
+            let options = meshward::cli::render::EnvoyGatewayOptions {
+                bundle_path: bundle.display().to_string(),
+                name,
+                namespace,
+                target_refs: target_refs(refs)?,
+                code,
+                dry_run,
+            };
+            let manifest = meshward::cli::render::envoy_gateway_policy(&json, &options)
+                .map_err(|e| Failure(2, e.to_string()))?;
             write!(out, "{manifest}")?;
             Ok(())
         }

@@ -42,7 +42,14 @@ pub struct CheckArgs {
 enum Checked {
     Unreadable(String),
     Invalid(String),
-    Valid { name: String, version: String, issuers: usize, rules: usize, findings: Vec<Finding> },
+    Valid {
+        name: String,
+        version: String,
+        issuers: usize,
+        rules: usize,
+        sha256: String,
+        findings: Vec<Finding>,
+    },
 }
 
 /// Runs `meshward check`.
@@ -69,8 +76,8 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write) -> Result<(), Failure> {
                 match r {
                     Checked::Unreadable(e) => writeln!(out, "error: {e}")?,
                     Checked::Invalid(e) => writeln!(out, "error: {path}: {e}")?,
-                    Checked::Valid { name, version, issuers, rules, findings } => {
-                        writeln!(out, "ok: {path}: bundle {name:?} version {version:?}: {issuers} issuers, {rules} rules")?;
+                    Checked::Valid { name, version, issuers, rules, sha256, findings } => {
+                        writeln!(out, "ok: {path}: bundle {name:?} version {version:?}: {issuers} issuers, {rules} rules, policy digest {sha256}")?;
                         for f in findings {
                             writeln!(out, "warning[{}]: {path}: {}: {}", f.lint.name(), f.at, f.message)?;
                         }
@@ -98,9 +105,9 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write) -> Result<(), Failure> {
                         Checked::Invalid(e) => {
                             json!({"path": path, "valid": false, "readable": true, "error": e})
                         }
-                        Checked::Valid { name, version, issuers, rules, findings } => json!({
+                        Checked::Valid { name, version, issuers, rules, sha256, findings } => json!({
                             "path": path, "valid": true, "readable": true, "name": name, "version": version,
-                            "issuers": issuers, "rules": rules, "findings": findings,
+                            "issuers": issuers, "rules": rules, "sha256": sha256, "findings": findings,
                         }),
                     }
                 })
@@ -144,7 +151,13 @@ fn check_one(path: &std::path::Path, options: &LintOptions<'_>, allowed: &[Lint]
         .collect();
     findings.extend(lint::lint(&config, engine.policy(), options));
     findings.retain(|f| !allowed.contains(&f.lint));
+    // The digest the plugin's policy_load record names for this bundle (a YAML file as JSON).
+    let sha256 = match bundle::plugin_json(path) {
+        Ok(json) => crate::audit::policy_digest(json.as_bytes()),
+        Err(e) => return Checked::Invalid(e.message),
+    };
     Checked::Valid {
+        sha256,
         name: engine.name.clone(),
         version: engine.version.clone(),
         issuers: engine.issuers().iter().count(),

@@ -1,9 +1,12 @@
-//! Rendering an Istio `WasmPlugin` (extensions.istio.io/v1alpha1) from a bundle (native only).
+//! Rendering an Istio `WasmPlugin` or `TrafficExtension` (extensions.istio.io/v1alpha1) from a
+//! bundle (native only).
 //!
 //! The manifest pins the module by digest (`oci://REPOSITORY@sha256:...`, the image `meshward
-//! image` builds), inserts meshward before Istio's own authentication filters (`phase: AUTHN`),
-//! fails closed (`failStrategy: FAIL_CLOSE`), applies to inbound traffic (`match: mode: SERVER`),
-//! and carries the bundle as `pluginConfig`, which Istio hands to the plugin as JSON.
+//! image` builds), inserts meshward in Istio's `AUTHN` phase (before Istio's JWT and RBAC
+//! filters; after CUSTOM/ext_authz), fails closed (`failStrategy: FAIL_CLOSE`), and carries the
+//! bundle as `pluginConfig`, which istiod hands to the plugin as JSON. It reaches sidecars'
+//! inbound traffic (`selector` and `match: mode: SERVER`), gateways (`mode: CLIENT`), or the
+//! Gateways, waypoints and Services named by `targetRefs`.
 //!
 //! The YAML is written by hand so that it reads like a reviewed file: comments say what each
 //! setting does, the bundle keeps its own key order, and every string that YAML 1.1 (which
@@ -40,6 +43,43 @@ pub struct WasmPluginOptions {
     pub dry_run: bool,
     /// `imagePullSecret`: a Kubernetes secret in the plugin's namespace.
     pub pull_secret: Option<String>,
+    /// The selected workloads are gateways: their listeners are `CLIENT` (outbound), not `SERVER`.
+    pub gateway: bool,
+    /// `targetRefs` as (kind, name): Gateway, GatewayClass, Service (waypoints) or ServiceEntry.
+    /// Waypoints apply only plugins attached this way. Excludes `selector`.
+    pub target_refs: Vec<(String, String)>,
+    /// The resource to write.
+    pub kind: ExtensionKind,
+}
+
+/// The Istio resource carrying the plugin.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExtensionKind {
+    /// `WasmPlugin`: every supported Istio release (failStrategy since 1.19).
+    #[default]
+    WasmPlugin,
+    /// `TrafficExtension`: Istio 1.30 and later, which translate every WasmPlugin into one.
+    TrafficExtension,
+}
+
+impl ExtensionKind {
+    /// The `kind:` of the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExtensionKind::WasmPlugin => "WasmPlugin",
+            ExtensionKind::TrafficExtension => "TrafficExtension",
+        }
+    }
+}
+
+/// The group of a `targetRefs` kind Istio accepts (istio/api `PolicyTargetReference`).
+fn target_group(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Gateway" | "GatewayClass" => Some("gateway.networking.k8s.io"),
+        "Service" => Some(""),
+        "ServiceEntry" => Some("networking.istio.io"),
+        _ => None,
+    }
 }
 
 /// A reason the manifest cannot be rendered.
@@ -55,6 +95,10 @@ pub enum IstioError {
     Name { what: &'static str, value: String, rule: &'static str },
     #[error("invalid selector {0:?}: expected LABEL=VALUE, e.g. app=registry")]
     Selector(String),
+    #[error("invalid target reference {0:?}: expected KIND/NAME with KIND one of Gateway, GatewayClass, Service, ServiceEntry")]
+    TargetRef(String),
+    #[error("{0}")]
+    Conflict(&'static str),
     #[error("the bundle is not a JSON object: {0}")]
     Bundle(String),
     #[error(
@@ -63,32 +107,57 @@ pub enum IstioError {
     RoundTrip(String),
 }
 
-/// Renders the `WasmPlugin` manifest for `bundle_json` (a bundle that already passed `check`).
-pub fn wasm_plugin(bundle_json: &str, o: &WasmPluginOptions) -> Result<String, IstioError> {
-    validate(o)?;
-    let mut config: Node =
-        serde_json::from_str(bundle_json).map_err(|e| IstioError::Bundle(e.to_string()))?;
-    let Node::Object(entries) = &mut config else {
+/// The bundle as a plugin configuration mapping: without `$schema` (it points editors at the
+/// JSON Schema next to the file; it means nothing in a cluster), in dry-run mode if asked.
+pub(crate) fn plugin_config(bundle_json: &str, dry_run: bool) -> Result<ConfigMapping, IstioError> {
+    let config: Node = serde_json::from_str(bundle_json).map_err(|e| IstioError::Bundle(e.to_string()))?;
+    let Node::Object(mut entries) = config else {
         return Err(IstioError::Bundle("it is not an object".into()));
     };
-    // `$schema` points editors at the JSON Schema next to the file; it means nothing in a cluster.
     entries.retain(|(key, _)| key != "$schema");
-    if o.dry_run {
-        set_mode_dry_run(entries);
+    if dry_run {
+        set_mode_dry_run(&mut entries);
     }
-    let text_of = |key: &str| {
-        entries.iter().find(|(k, _)| k == key).and_then(|(_, v)| match v {
+    Ok(ConfigMapping(entries))
+}
+
+/// A bundle as a YAML block mapping, in its own key order.
+pub(crate) struct ConfigMapping(Vec<(String, Node)>);
+
+impl ConfigMapping {
+    /// A top-level string member (`name`, `version`, `mode`).
+    pub(crate) fn text(&self, key: &str) -> Option<String> {
+        self.0.iter().find(|(k, _)| k == key).and_then(|(_, v)| match v {
             Node::String(s) => Some(s.clone()),
             _ => None,
         })
-    };
+    }
+
+    /// Appends the mapping to `y` at `indent`.
+    pub(crate) fn write(&self, y: &mut String, indent: usize) {
+        write_mapping(y, &self.0, indent, false);
+    }
+
+    /// The mapping as JSON, to check what a rendered manifest carries.
+    pub(crate) fn to_value(&self) -> Value {
+        Node::Object(self.0.clone()).to_value()
+    }
+}
+
+/// Renders the `WasmPlugin` (or `TrafficExtension`) manifest for `bundle_json` (a bundle that
+/// already passed `check`).
+pub fn wasm_plugin(bundle_json: &str, o: &WasmPluginOptions) -> Result<String, IstioError> {
+    validate(o)?;
+    let config = plugin_config(bundle_json, o.dry_run)?;
+    let text_of = |key: &str| config.text(key);
     let (bundle_name, version) =
         (text_of("name").unwrap_or_default(), text_of("version").unwrap_or_default());
     let mode = text_of("mode").unwrap_or_else(|| "enforce".into());
     let url = format!("oci://{}@{}", o.image, o.digest);
 
     let mut y = String::new();
-    let _ = writeln!(y, "# meshward as an Istio WasmPlugin: bundle {bundle_name:?} version {version:?}.");
+    let kind = o.kind.name();
+    let _ = writeln!(y, "# meshward as an Istio {kind}: bundle {bundle_name:?} version {version:?}.");
     let _ = writeln!(y, "# Rendered by: {}", command_line(o));
     let _ = writeln!(y, "# Applies to: {}.", scope(o));
     let _ = writeln!(
@@ -100,7 +169,7 @@ pub fn wasm_plugin(bundle_json: &str, o: &WasmPluginOptions) -> Result<String, I
             " (requests the policy does not allow are denied)"
         }
     );
-    y.push_str("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n");
+    let _ = write!(y, "apiVersion: extensions.istio.io/v1alpha1\nkind: {kind}\nmetadata:\n");
     let _ = writeln!(y, "  name: {}", scalar(&o.name));
     let _ = writeln!(y, "  namespace: {}", scalar(&o.namespace));
     y.push_str("spec:\n");
@@ -110,32 +179,65 @@ pub fn wasm_plugin(bundle_json: &str, o: &WasmPluginOptions) -> Result<String, I
             let _ = writeln!(y, "      {}: {}", scalar(label), scalar(value));
         }
     }
-    y.push_str("  # The module, pinned by the digest of its image (built by `meshward image`).\n");
-    let _ = writeln!(y, "  url: {}", scalar(&url));
-    y.push_str("  imagePullPolicy: IfNotPresent\n");
-    if let Some(secret) = &o.pull_secret {
-        let _ = writeln!(y, "  imagePullSecret: {}", scalar(secret));
+    if !o.target_refs.is_empty() {
+        y.push_str(
+            "  # Attached to these resources (the only way a waypoint applies a plugin).\n  targetRefs:\n",
+        );
+        for (kind, name) in &o.target_refs {
+            let group = target_group(kind).unwrap_or_default();
+            let _ = writeln!(y, "  - group: {}\n    kind: {kind}\n    name: {}", scalar(group), scalar(name));
+        }
     }
+    // Where meshward sits and what it reaches: the same in both resources.
     y.push_str(
-        "  pluginName: meshward\n\
-         \x20 # Before Istio's own authentication and authorization filters.\n\
-         \x20 phase: AUTHN\n\
-         \x20 # A module that cannot be fetched or started denies requests: never unchecked traffic.\n\
-         \x20 failStrategy: FAIL_CLOSE\n\
-         \x20 # Requests to the selected workloads (their sidecars' inbound traffic), not their own calls.\n\
-         \x20 match:\n\
-         \x20 - mode: SERVER\n\
-         \x20 # The policy bundle, as `meshward check` validates it; Istio passes it to the plugin as JSON.\n\
-         \x20 pluginConfig:\n",
+        "  # In Istio's AUTHN phase: before Istio's JWT authentication and RBAC (ALLOW/DENY)\n\
+         \x20 # filters, after a CUSTOM (ext_authz) policy's filter.\n\
+         \x20 phase: AUTHN\n",
     );
-    write_mapping(&mut y, entries, 4, false);
+    if o.target_refs.is_empty() {
+        let mode = if o.gateway { "CLIENT" } else { "SERVER" };
+        let _ = writeln!(
+            y,
+            "  # {}\n  match:\n  - mode: {mode}",
+            if o.gateway {
+                "A gateway's listeners are CLIENT (outbound) listeners: the requests it forwards."
+            } else {
+                "Requests to the selected workloads (their sidecars' inbound traffic), not their own calls."
+            }
+        );
+    }
+    let (wasm, at) = match o.kind {
+        ExtensionKind::WasmPlugin => ("  ", "/spec"),
+        ExtensionKind::TrafficExtension => {
+            y.push_str("  wasm:\n");
+            ("    ", "/spec/wasm")
+        }
+    };
+    let _ = writeln!(y, "{wasm}# The module, pinned by the digest of its image (built by `meshward image`).");
+    let _ = writeln!(y, "{wasm}url: {}", scalar(&url));
+    let _ = writeln!(y, "{wasm}imagePullPolicy: IfNotPresent");
+    if let Some(secret) = &o.pull_secret {
+        let _ = writeln!(y, "{wasm}imagePullSecret: {}", scalar(secret));
+    }
+    let _ = writeln!(y, "{wasm}pluginName: meshward");
+    let _ = writeln!(
+        y,
+        "{wasm}# A module that cannot be fetched or started denies every request: never unchecked traffic.\n\
+         {wasm}failStrategy: FAIL_CLOSE"
+    );
+    let _ = writeln!(
+        y,
+        "{wasm}# The policy bundle, as `meshward check` validates it; istiod passes it to the plugin as JSON.\n\
+         {wasm}pluginConfig:"
+    );
+    config.write(&mut y, wasm.len() + 2);
 
     // The manifest must parse as YAML and deliver exactly the bundle and the pinned module.
     let parsed: Value = serde_norway::from_str(&y).map_err(|e| IstioError::RoundTrip(e.to_string()))?;
-    if parsed.pointer("/spec/pluginConfig") != Some(&config.to_value()) {
+    if parsed.pointer(&format!("{at}/pluginConfig")) != Some(&config.to_value()) {
         return Err(IstioError::RoundTrip("pluginConfig differs from the bundle".into()));
     }
-    if parsed.pointer("/spec/url").and_then(Value::as_str) != Some(url.as_str()) {
+    if parsed.pointer(&format!("{at}/url")).and_then(Value::as_str) != Some(url.as_str()) {
         return Err(IstioError::RoundTrip("url differs".into()));
     }
     Ok(y)
@@ -168,6 +270,15 @@ fn command_line(o: &WasmPluginOptions) -> String {
     if let Some(secret) = &o.pull_secret {
         let _ = write!(c, " --pull-secret {secret}");
     }
+    if o.gateway {
+        c.push_str(" --gateway");
+    }
+    for (kind, name) in &o.target_refs {
+        let _ = write!(c, " --target-ref {kind}/{name}");
+    }
+    if o.kind != ExtensionKind::WasmPlugin {
+        let _ = write!(c, " --kind {}", o.kind.name());
+    }
     if o.dry_run {
         c.push_str(" --dry-run");
     }
@@ -175,6 +286,25 @@ fn command_line(o: &WasmPluginOptions) -> String {
 }
 
 fn scope(o: &WasmPluginOptions) -> String {
+    if !o.target_refs.is_empty() {
+        let refs = o.target_refs.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+        let via = if o.target_refs.iter().any(|(k, _)| k == "Service") {
+            " (a Service's requests through its waypoint)"
+        } else {
+            ""
+        };
+        return format!("the requests of {refs} in namespace {}{via}", o.namespace);
+    }
+    let what = if o.gateway { "gateway" } else { "workload" };
+    let scope = scope_of(o).replace("workload", what);
+    if o.gateway {
+        format!("{scope} (the requests they forward)")
+    } else {
+        format!("{scope} (their sidecars' inbound requests)")
+    }
+}
+
+fn scope_of(o: &WasmPluginOptions) -> String {
     let labels = o.selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
     match (o.namespace == ROOT_NAMESPACE, o.selector.is_empty()) {
         (true, true) => format!(
@@ -197,6 +327,27 @@ fn validate(o: &WasmPluginOptions) -> Result<(), IstioError> {
     if let Some(secret) = &o.pull_secret {
         dns_subdomain("pull secret", secret)?;
     }
+    if !o.selector.is_empty() && !o.target_refs.is_empty() {
+        return Err(IstioError::Conflict(
+            "--selector and --target-ref exclude each other (Istio allows one of them)",
+        ));
+    }
+    if o.gateway && !o.target_refs.is_empty() {
+        return Err(IstioError::Conflict(
+            "--gateway selects gateway pods by label; with --target-ref the Gateway itself is named",
+        ));
+    }
+    for (kind, name) in &o.target_refs {
+        if target_group(kind).is_none() {
+            return Err(IstioError::TargetRef(format!("{kind}/{name}")));
+        }
+        if kind == "GatewayClass" && o.namespace != ROOT_NAMESPACE {
+            return Err(IstioError::Conflict(
+                "a GatewayClass is referenced from the root namespace (istio-system)",
+            ));
+        }
+        dns_subdomain("target name", name)?;
+    }
     for (label, value) in &o.selector {
         let (prefix, name) = label.rsplit_once('/').map_or((None, label.as_str()), |(p, n)| (Some(p), n));
         if let Some(prefix) = prefix {
@@ -208,7 +359,7 @@ fn validate(o: &WasmPluginOptions) -> Result<(), IstioError> {
     Ok(())
 }
 
-fn validate_image(image: &str) -> Result<(), IstioError> {
+pub(crate) fn validate_image(image: &str) -> Result<(), IstioError> {
     let err = |why| Err(IstioError::Image(image.to_owned(), why));
     if image.contains("://") {
         return err("give REGISTRY/REPOSITORY without a scheme (the url gets oci://)");
@@ -238,7 +389,7 @@ fn validate_image(image: &str) -> Result<(), IstioError> {
     Ok(())
 }
 
-fn dns_label(what: &'static str, value: &str) -> Result<(), IstioError> {
+pub(crate) fn dns_label(what: &'static str, value: &str) -> Result<(), IstioError> {
     let ok = !value.is_empty()
         && value.len() <= 63
         && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -254,7 +405,7 @@ fn dns_label(what: &'static str, value: &str) -> Result<(), IstioError> {
     })
 }
 
-fn dns_subdomain(what: &'static str, value: &str) -> Result<(), IstioError> {
+pub(crate) fn dns_subdomain(what: &'static str, value: &str) -> Result<(), IstioError> {
     if value.len() <= 253 && value.split('.').all(|part| dns_label(what, part).is_ok()) {
         return Ok(());
     }
@@ -284,7 +435,7 @@ fn label_value(what: &'static str, value: &str, may_be_empty: bool) -> Result<()
 
 /// A JSON value that keeps the order of object members, so the manifest reads like the bundle.
 #[derive(Clone, Debug)]
-enum Node {
+pub(crate) enum Node {
     Null,
     Bool(bool),
     Number(Number),

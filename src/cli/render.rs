@@ -210,3 +210,129 @@ pub fn meshward_http_filter(bundle_json: &str, wasm_path: &str) -> String {
 {config}"#
     )
 }
+
+/// Where Envoy Gateway fetches the module from.
+#[derive(Clone, Debug)]
+pub enum WasmCode {
+    /// An OCI image `REGISTRY/REPOSITORY`, pinned by its manifest digest (`sha256:<64 hex>`).
+    Image { image: String, digest: String },
+    /// An HTTP(S) URL, verified by the module's SHA-256 (64 hex).
+    Http { url: String, sha256: String },
+}
+
+/// An Envoy Gateway `EnvoyExtensionPolicy` (gateway.envoyproxy.io/v1alpha1).
+#[derive(Clone, Debug)]
+pub struct EnvoyGatewayOptions {
+    /// How the bundle was named on the command line (shown in the header comment).
+    pub bundle_path: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`: that of the Gateway or HTTPRoute.
+    pub namespace: String,
+    /// `targetRefs` as (kind, name): `Gateway` or `HTTPRoute`, in the policy's namespace.
+    pub target_refs: Vec<(String, String)>,
+    /// The module.
+    pub code: WasmCode,
+    /// Set the bundle's `mode` to `dry-run`.
+    pub dry_run: bool,
+}
+
+/// Renders the `EnvoyExtensionPolicy` manifest for `bundle_json` (a bundle that passed `check`):
+/// meshward on the requests of the targeted Gateways or HTTPRoutes, the bundle as `config`.
+pub fn envoy_gateway_policy(
+    bundle_json: &str,
+    o: &EnvoyGatewayOptions,
+) -> Result<String, crate::cli::istio::IstioError> {
+    use crate::cli::istio::{self, IstioError};
+    istio::dns_subdomain("name", &o.name)?;
+    istio::dns_label("namespace", &o.namespace)?;
+    if o.target_refs.is_empty() {
+        return Err(IstioError::Conflict("give at least one --target-ref Gateway/NAME or HTTPRoute/NAME"));
+    }
+    for (kind, name) in &o.target_refs {
+        if kind != "Gateway" && kind != "HTTPRoute" {
+            return Err(IstioError::Conflict("an EnvoyExtensionPolicy targets a Gateway or an HTTPRoute"));
+        }
+        istio::dns_subdomain("target name", name)?;
+    }
+    let hex64 =
+        |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let config = istio::plugin_config(bundle_json, o.dry_run)?;
+    let mut command = format!("meshward render envoy-gateway {}", o.bundle_path.replace(['\n', '\r'], " "));
+    let code = match &o.code {
+        WasmCode::Image { image, digest } => {
+            istio::validate_image(image)?;
+            let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+            if !hex64(hex) {
+                return Err(IstioError::Digest(digest.clone()));
+            }
+            let _ = write!(command, " --image {image} --digest {digest}");
+            format!(
+                "      # The module's OCI image, pinned by its manifest digest (built by `meshward image`).\n\
+                 \x20     type: Image\n      image:\n        url: {image}@{digest}\n        sha256: {hex}\n"
+            )
+        }
+        WasmCode::Http { url, sha256 } => {
+            if !hex64(sha256) {
+                return Err(IstioError::Digest(sha256.clone()));
+            }
+            if !url.starts_with("https://") && !url.starts_with("http://") {
+                return Err(IstioError::Image(
+                    url.clone(),
+                    "give an http:// or https:// URL of meshward.wasm",
+                ));
+            }
+            let _ = write!(command, " --url {url} --sha256 {sha256}");
+            format!(
+                "      # The module file, verified by its SHA-256.\n\
+                 \x20     type: HTTP\n      http:\n        url: {}\n        sha256: {sha256}\n",
+                serde_json::Value::from(url.as_str())
+            )
+        }
+    };
+    for (kind, name) in &o.target_refs {
+        let _ = write!(command, " --target-ref {kind}/{name}");
+    }
+    if o.namespace != "default" {
+        let _ = write!(command, " --namespace {}", o.namespace);
+    }
+    if o.name != istio::DEFAULT_NAME {
+        let _ = write!(command, " --name {}", o.name);
+    }
+    if o.dry_run {
+        command.push_str(" --dry-run");
+    }
+    let mut y = String::new();
+    let _ = writeln!(
+        y,
+        "# meshward as an Envoy Gateway EnvoyExtensionPolicy: bundle {:?} version {:?}.",
+        config.text("name").unwrap_or_default(),
+        config.text("version").unwrap_or_default()
+    );
+    let _ = writeln!(y, "# Rendered by: {command}");
+    let _ = writeln!(y, "# Mode: {}.", config.text("mode").unwrap_or_else(|| "enforce".into()));
+    let _ = write!(
+        y,
+        "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: EnvoyExtensionPolicy\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  # The requests of these resources (in the policy's namespace).\n  targetRefs:\n",
+        o.name, o.namespace
+    );
+    for (kind, name) in &o.target_refs {
+        let _ = writeln!(y, "  - group: gateway.networking.k8s.io\n    kind: {kind}\n    name: {name}");
+    }
+    y.push_str("  wasm:\n  - name: meshward\n    rootID: meshward\n    code:\n");
+    y.push_str(&code);
+    y.push_str(
+        "    # A module that cannot be fetched or loaded fails the targeted routes (Envoy Gateway answers\n\
+         \x20   # them with an error): never unchecked traffic.\n\
+         \x20   failOpen: false\n\
+         \x20   # The policy bundle, as `meshward check` validates it; Envoy Gateway passes it as JSON.\n\
+         \x20   config:\n",
+    );
+    config.write(&mut y, 6);
+    let parsed: serde_json::Value =
+        serde_norway::from_str(&y).map_err(|e| IstioError::RoundTrip(e.to_string()))?;
+    if parsed.pointer("/spec/wasm/0/config") != Some(&config.to_value()) {
+        return Err(IstioError::RoundTrip("config differs from the bundle".into()));
+    }
+    Ok(y)
+}

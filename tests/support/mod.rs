@@ -322,3 +322,15 @@ impl Envoy {
         self.admin("/stats").lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
     }
 }
+
+/// Polls until `check` holds, for at most `secs`; returns whether it did.
+pub fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
