@@ -262,7 +262,7 @@ fn close(tokens: &[GlobToken], states: &mut [bool]) {
 }
 
 /// One segment of a path template.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Segment {
     Literal(String),
     /// `{name}` or `*`: exactly one non-empty segment.
@@ -272,7 +272,7 @@ pub enum Segment {
 }
 
 /// A path pattern compiled to segments: `/v2/{repo:**}/manifests/{ref}`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PathTemplate {
     segments: Vec<Segment>,
     /// Where the `Many` segments are: with at most one, matching is a walk from both ends.
@@ -282,7 +282,7 @@ pub struct PathTemplate {
 }
 
 /// The position of a template's `Many` segments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum ManyAt {
     None,
     One(usize),
