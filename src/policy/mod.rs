@@ -159,8 +159,9 @@ impl Policy {
             }
             let Some(rule) = self.rules.get(r as usize) else { continue };
             let Some(path) = rule.routes().get(route as usize).map(|r| &r.path) else { continue };
-            // The index walked the literal segments of the path: for a prefix, that is the match.
-            let matched = if path.is_prefix() {
+            // The index walked the literal segments of the path and found the anchor segment:
+            // for a prefix, or a prefix then `**/<segment>/**`, that is the match.
+            let matched = if path.is_prefix() || path.is_prefix_then_segment() {
                 Some(&no_captures)
             } else {
                 matches.entry(template).or_insert_with(|| path.matches(&input.target.path)).as_ref()

@@ -388,6 +388,15 @@ impl PathTemplate {
         })
     }
 
+    /// Whether the template is literal segments, `**`, one non-empty literal segment and `**`
+    /// (`/api/**/debug/**`): a path matches it when it starts with the literal prefix and has
+    /// that segment somewhere after it (which is how the index files it).
+    pub fn is_prefix_then_segment(&self) -> bool {
+        let prefix = self.literal_prefix().count();
+        matches!(self.segments.get(prefix..), Some([Segment::Many(None), Segment::Literal(l), Segment::Many(None)])
+            if !l.is_empty())
+    }
+
     /// How many `**` / `{name:**}` segments the template has.
     pub fn many_count(&self) -> usize {
         self.segments.iter().filter(|s| matches!(s, Segment::Many(_))).count()
@@ -682,6 +691,16 @@ mod tests {
         assert!(template.matches(&normal("/v1/x/a@b")).is_some());
         let prefix = PathTemplate::prefix("/a%2b").unwrap();
         assert!(prefix.matches(&normal("/a+/x")).is_some());
+    }
+
+    #[test]
+    fn prefix_then_segment_templates() {
+        let shape = |t: &str| PathTemplate::template(t).unwrap().is_prefix_then_segment();
+        assert!(shape("/**/x/**") && shape("/api/v1/**/debug/**"));
+        for other in ["/**/x", "/**/{x}/**", "/x/**", "/**/x/y/**", "/{a:**}/x/**", "/**/x/{b:**}", "/**//**"]
+        {
+            assert!(!shape(other), "{other}");
+        }
     }
 
     #[test]
