@@ -359,6 +359,13 @@ fn the_index_agrees_with_a_full_scan() {
         json!({"exact": "/api/x/y"}),
         json!({"template": "/v2/**"}),
         json!({"template": "/api/{id}"}),
+        // Anchored by a literal after the last `**`, or between two.
+        json!({"template": "/**/x/**"}),
+        json!({"template": "/{a:**}/items/{b}"}),
+        json!({"template": "/api/**/items/{id}"}),
+        json!({"template": "/v2/{repo:**}/tags/list"}),
+        json!({"template": "/**/y"}),
+        json!({"template": "/{a}/x/{b}"}),
     ];
     let subjects = ["svc-a", "svc-*", "**"];
     let mut rules = Vec::new();
@@ -401,6 +408,13 @@ fn the_index_agrees_with_a_full_scan() {
         "/v2",
         "/v2/dev/app/blobs/1",
         "/v2/devil",
+        "/api/x/items/x",
+        "/x/items/y",
+        "/x",
+        "/v2/tags/list",
+        "/v2/a/tags/list",
+        "/v2/x/y",
+        "/a/x/y",
     ];
     let request_methods = ["GET", "PUT", "POST", "DELETE"];
     let mut checked = 0;
@@ -446,7 +460,7 @@ fn the_index_agrees_with_a_full_scan() {
             }
         }
     }
-    assert_eq!(checked, 7 * 9 * 4 * 3);
+    assert_eq!(checked, 7 * 16 * 4 * 3);
     // Every kind of decision is well represented, so agreement means something.
     for reason in [Reason::Allowed, Reason::PolicyDenied, Reason::PolicyNoMatch] {
         assert!(outcomes.get(&reason).is_some_and(|&n| n >= 10), "{outcomes:?}");
@@ -638,5 +652,153 @@ fn wildcard_hosts_with_a_port_and_authorities_with_several_colons() {
         let mut r = Req::new("GET", path, Some(&t));
         r.host = host;
         assert_eq!(r.decide(&engine), expect, "{host}{path}");
+    }
+}
+
+/// A property test written from docs/configuration.md (Rules), not from the code: a small
+/// reference model of hosts, methods, paths and deny-overrides decides random bundles and
+/// requests, and the engine must agree on every one.
+mod documented_semantics {
+    use super::*;
+
+    /// Deterministic xorshift: the same cases on every run.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// "`{name}` or `*` one segment, `{name:**}` one or more, `**` zero or more"; literals exact.
+    fn template_matches(template: &[&str], path: &[&str]) -> bool {
+        match template.split_first() {
+            None => path.is_empty(),
+            Some((&"**", rest)) => (0..=path.len()).any(|k| template_matches(rest, &path[k..])),
+            Some((t, rest)) if t.ends_with(":**}") => {
+                (1..=path.len()).any(|k| template_matches(rest, &path[k..]))
+            }
+            Some((t, rest)) => match path.split_first() {
+                Some((p, path_rest)) => {
+                    let one = *t == "*" || t.starts_with('{');
+                    (if one { !p.is_empty() } else { t == p }) && template_matches(rest, path_rest)
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// `{"exact"}`: equal; `{"prefix"}`: segment-aware; `{"template"}`: as above.
+    fn path_matches(kind: &str, pattern: &str, path: &str) -> bool {
+        let segments = |p: &str| p.split('/').skip(1).map(str::to_owned).collect::<Vec<_>>();
+        match kind {
+            "exact" => pattern == path,
+            "prefix" => {
+                let prefix = pattern.trim_end_matches('/');
+                path == prefix || path.starts_with(&format!("{prefix}/")) || prefix.is_empty()
+            }
+            _ => {
+                let (t, p) = (segments(pattern), segments(path));
+                let t: Vec<&str> = t.iter().map(String::as_str).collect();
+                let p: Vec<&str> = p.iter().map(String::as_str).collect();
+                template_matches(&t, &p)
+            }
+        }
+    }
+
+    /// "exact names, `name:port` (then only that port), `*.domain` (one or more labels),
+    /// `*.domain:port` ... or `*`; case-insensitive, trailing dot ignored".
+    fn host_matches(pattern: &str, host: &str, port: Option<&str>) -> bool {
+        let (pattern, want_port) = match pattern.rsplit_once(':') {
+            Some((p, port)) => (p, Some(port)),
+            None => (pattern, None),
+        };
+        if want_port.is_some_and(|w| Some(w) != port) {
+            return false;
+        }
+        let pattern = pattern.to_ascii_lowercase();
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        match pattern.strip_prefix("*.") {
+            _ if pattern == "*" => true,
+            Some(domain) => host.ends_with(&format!(".{domain}")),
+            None => pattern == host,
+        }
+    }
+
+    #[test]
+    fn the_engine_decides_as_the_documentation_says() {
+        let k = key();
+        let t = token(&k, "https://mesh.test", "svc", json!({}));
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let host_patterns = ["a.test", "A.Test:8443", "*.test", "*.b.test:443", "*", "b.test"];
+        let templates = [
+            ("exact", "/v1/p:set"),
+            ("exact", "/v1/x"),
+            ("prefix", "/v1"),
+            ("prefix", "/v1/x/"),
+            ("prefix", "/"),
+            ("template", "/v1/*/x"),
+            ("template", "/**/x"),
+            ("template", "/**/x/**"),
+            ("template", "/v1/{a:**}/x/{b}"),
+            ("template", "/{a:**}/{b}"),
+            ("template", "/v1/**"),
+            ("template", "/*/*"),
+            ("template", "/x/{r:**}"),
+        ];
+        let segments = ["v1", "x", "y", "p:set"];
+        let request_hosts = ["a.test", "A.TEST.", "c.a.test", "b.test", "x.b.test", "test", "other"];
+        let ports = [None, Some("443"), Some("8443")];
+        let (mut cases, mut allowed_n, mut denied_n) = (0, 0, 0);
+        for bundle in 0..40 {
+            let mut rules = Vec::new();
+            let mut model = Vec::new();
+            for i in 0..(3 + rng.below(10)) {
+                let host = rng.pick(&host_patterns);
+                let (kind, pattern) = templates[rng.below(templates.len())];
+                let method = rng.pick(&["GET", "PUT", "*"]);
+                let deny = rng.below(4) == 0;
+                let id = format!("b{bundle}r{i}");
+                rules.push(json!({"id": id, "effect": if deny { "deny" } else { "allow" }, "hosts": [host],
+                    "methods": [method], "paths": [{kind: pattern}], "subjects": ["**"]}));
+                model.push((id, deny, host, method, kind, pattern));
+            }
+            let engine = compile(&k, json!(rules), json!({})).unwrap();
+            for _ in 0..60 {
+                let depth = 1 + rng.below(5);
+                let path: String = (0..depth).map(|_| format!("/{}", rng.pick(&segments))).collect();
+                let host = rng.pick(&request_hosts);
+                let port = ports[rng.below(ports.len())];
+                let method = rng.pick(&["GET", "PUT", "POST"]);
+                let authority = port.map_or(host.to_string(), |p| format!("{host}:{p}"));
+                let matching: Vec<_> = model
+                    .iter()
+                    .filter(|(_, _, h, m, kind, pattern)| {
+                        host_matches(h, host, port)
+                            && (*m == "*" || *m == method)
+                            && path_matches(kind, pattern, &path)
+                    })
+                    .collect();
+                let expected = match matching.iter().find(|r| r.1) {
+                    Some(r) => (Reason::PolicyDenied, r.0.clone()),
+                    None => match matching.first() {
+                        Some(r) => (Reason::Allowed, r.0.clone()),
+                        None => denied(Reason::PolicyNoMatch),
+                    },
+                };
+                let mut req = Req::new(method, &path, Some(&t));
+                req.host = &authority;
+                assert_eq!(req.decide(&engine), expected, "{method} {authority}{path} in {rules:?}");
+                cases += 1;
+                allowed_n += usize::from(expected.0 == Reason::Allowed);
+                denied_n += usize::from(expected.0 == Reason::PolicyDenied);
+            }
+        }
+        assert!(cases == 2400 && allowed_n > 200 && denied_n > 100, "{cases} {allowed_n} {denied_n}");
     }
 }

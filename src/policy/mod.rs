@@ -5,8 +5,10 @@
 //! otherwise the first matching allow rule (in bundle order) allows; when nothing matches, the
 //! request is denied (default deny). Rules in `dry-run` mode are evaluated too, but only reported.
 //!
-//! Rules are compiled once into an index (host -> method -> literal path prefix), so a decision
-//! looks only at the rules that could match the request, however many the bundle has.
+//! Rules are compiled once into an index (host -> method -> literal path prefix -> one more
+//! literal segment, fixed from the end or anywhere after the prefix), so a decision looks only at
+//! the rules that could match the request, however many the bundle has. A request without a token
+//! looks only at the rules that need none; templates shared by several rules are matched once.
 
 pub mod pattern;
 pub mod registry;
@@ -17,7 +19,7 @@ use std::collections::HashSet;
 // The index is built from the bundle only; requests just look names up, so a fast hash is safe.
 use foldhash::HashMap;
 
-pub use pattern::{Glob, HostPattern, PathTemplate};
+pub use pattern::{Glob, HostPattern, PathTemplate, Segment};
 use rule::Found;
 pub use rule::{
     ConditionConfig, Effect, InvalidTime, Mismatch, Mode, PathConfig, RegistryConfig, Route, Rule,
@@ -81,6 +83,7 @@ impl Policy {
         let mut filings = Vec::new();
         let mut tokenless_filings = Vec::new();
         let mut unnumbered = false;
+        let mut templates: HashMap<&PathTemplate, u32> = HashMap::default();
         let mut condition_headers = HashSet::new();
         for (r, rule) in rules.iter().enumerate() {
             condition_headers.extend(rule.header_names().map(str::to_owned));
@@ -92,15 +95,21 @@ impl Policy {
                 continue;
             };
             for (route_id, route) in (0..routes).zip(rule.routes()) {
-                let entry = Entry { rule: rule_no, route: route_id };
+                let Ok(next) = u32::try_from(templates.len()) else {
+                    unnumbered = true;
+                    continue;
+                };
+                let template = *templates.entry(&route.path).or_insert(next);
+                let entry = Entry { rule: rule_no, route: route_id, template };
                 let prefix: Vec<&str> = route.path.literal_prefix().collect();
+                let anchor = Anchor::of(&route.path);
                 let methods: Vec<Option<&str>> = match &route.methods {
                     None => vec![None],
                     Some(list) => list.iter().map(|m| Some(m.as_str())).collect(),
                 };
                 for host in rule.hosts() {
                     for &method in &methods {
-                        let filing = Filing { host, method, prefix: prefix.clone(), entry };
+                        let filing = Filing { host, method, prefix: prefix.clone(), anchor, entry };
                         if !rule.needs_token() {
                             tokenless_filings.push(filing.clone());
                         }
@@ -139,12 +148,23 @@ impl Policy {
         let mut enforced = Verdict::default();
         let mut with_dry_run = Verdict::default();
         let mut last_rule = None;
-        for Entry { rule: r, route } in candidates {
+        // Rules share templates (every registry rule has the same few): each is matched once.
+        let mut matches: HashMap<u32, Option<pattern::Captures<'_>>> = HashMap::default();
+        let no_captures = pattern::Captures::new();
+        for Entry { rule: r, route, template } in candidates {
             if last_rule == Some(r) {
                 continue; // another route of a rule that already matched
             }
             let Some(rule) = self.rules.get(r as usize) else { continue };
-            if rule.check_route(route as usize, input, Found::Indexed).is_err() {
+            let Some(path) = rule.routes().get(route as usize).map(|r| &r.path) else { continue };
+            // The index walked the literal segments of the path and found the anchor segment:
+            // for a prefix, or a prefix then `**/<segment>/**`, that is the match.
+            let matched = if path.is_prefix() || path.is_prefix_then_segment() {
+                Some(&no_captures)
+            } else {
+                matches.entry(template).or_insert_with(|| path.matches(&input.target.path)).as_ref()
+            };
+            if rule.check_matched(route as usize, input, Found::Indexed, matched).is_err() {
                 continue;
             }
             last_rule = Some(r);
@@ -220,6 +240,8 @@ impl Verdict {
 struct Entry {
     rule: u32,
     route: u32,
+    /// The route's template, numbered so that equal templates have equal numbers.
+    template: u32,
 }
 
 /// Host -> method -> path trie. What it hands out for a request is exactly the (rule, route)
@@ -244,21 +266,72 @@ struct MethodIndex {
     any: PathTrie,
 }
 
-/// Rules filed under the literal leading segments of their path templates.
+/// Rules filed under the literal leading segments of their path templates, and at each node
+/// under one more literal segment of the template, when it has one (its anchor).
 #[derive(Debug, Default)]
 struct PathTrie {
+    /// Routes with no literal segment after this node's.
     here: Box<[Entry]>,
+    /// Routes with a literal segment at a fixed distance from the end of the path (after the
+    /// last `**`): sorted by (distance, segment). `/v2/{repo:**}/manifests/{ref}` is filed
+    /// under (2, `manifests`).
+    from_end: Box<[(FromEnd, Entries)]>,
+    /// The distinct distances of `from_end`.
+    distances: Box<[usize]>,
+    /// Routes with a literal segment somewhere after this node's (between two `**`): sorted by
+    /// segment. `/**/x/**` is filed under `x`.
+    inner: Box<[(Box<str>, Entries)]>,
     /// Sorted by segment.
     children: Box<[(Box<str>, PathTrie)]>,
 }
 
-/// Where one (rule, route) is filed: under a host, a method (`None`: any) and a path prefix.
+/// The (rule, route) pairs under one key.
+type Entries = Box<[Entry]>;
+
+/// A literal segment and its distance from the end of the path.
+type FromEnd = (usize, Box<str>);
+
+/// Where one (rule, route) is filed: under a host, a method (`None`: any), a path prefix and an
+/// anchor.
 #[derive(Clone)]
 struct Filing<'r> {
     host: &'r HostPattern,
     method: Option<&'r str>,
     prefix: Vec<&'r str>,
+    anchor: Anchor<'r>,
     entry: Entry,
+}
+
+/// A literal segment after a template's literal prefix that every path it matches has.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Anchor<'r> {
+    None,
+    /// The segment this far from the end (1: the last segment).
+    FromEnd(usize, &'r str),
+    /// Some segment after the prefix.
+    Inner(&'r str),
+}
+
+impl<'r> Anchor<'r> {
+    fn of(template: &'r PathTemplate) -> Self {
+        let literal = |s: &'r Segment| match s {
+            Segment::Literal(l) if !l.is_empty() => Some(l.as_str()),
+            _ => None,
+        };
+        let segments = template.segments();
+        let prefix = template.literal_prefix().count();
+        let rest = segments.get(prefix..).unwrap_or_default();
+        // After the last `**` the template has a fixed length: a literal there sits at a fixed
+        // distance from the end of any path it matches.
+        let last_many = rest.iter().rposition(|s| matches!(s, Segment::Many(_)));
+        let tail = rest.get(last_many.map_or(0, |i| i + 1)..).unwrap_or_default();
+        if let Some((from_end, l)) =
+            tail.iter().rev().enumerate().find_map(|(k, s)| Some((k + 1, literal(s)?)))
+        {
+            return Anchor::FromEnd(from_end, l);
+        }
+        rest.iter().find_map(literal).map_or(Anchor::None, Anchor::Inner)
+    }
 }
 
 /// The host tables of the index.
@@ -310,11 +383,12 @@ impl Index {
 
     fn candidates(&self, host: &str, method: &str, path: &str) -> Vec<Entry> {
         let mut out = Vec::new();
+        let segments: Vec<&str> = pattern::path_segments(path.strip_prefix('/').unwrap_or(path)).collect();
         let mut visit = |m: &MethodIndex| {
             if let Some(trie) = find(&m.by_method, method) {
-                trie.collect(path, &mut out);
+                trie.collect(&segments, &mut out);
             }
-            m.any.collect(path, &mut out);
+            m.any.collect(&segments, &mut out);
         };
         if let Some(m) = self.exact.get(host) {
             visit(m);
@@ -361,19 +435,61 @@ impl PathTrie {
                 Some(((*segment).into(), PathTrie::build(group, depth + 1)))
             })
             .collect();
-        PathTrie { here: here.iter().map(|f| f.entry).collect(), children }
+        let mut anchored: Vec<(Anchor<'_>, Entry)> = here.iter().map(|f| (f.anchor, f.entry)).collect();
+        anchored.sort_unstable();
+        let mut node = PathTrie { children, ..PathTrie::default() };
+        let (mut plain, mut from_end, mut inner) = (Vec::new(), Vec::new(), Vec::new());
+        for group in anchored.chunk_by(|a, b| a.0 == b.0) {
+            let entries: Entries = group.iter().map(|(_, e)| *e).collect();
+            match group.first().map(|g| g.0) {
+                Some(Anchor::FromEnd(k, l)) => from_end.push(((k, l.into()), entries)),
+                Some(Anchor::Inner(l)) => inner.push((l.into(), entries)),
+                _ => plain.extend_from_slice(&entries),
+            }
+        }
+        let mut distances: Vec<usize> = from_end.iter().map(|((k, _), _)| *k).collect();
+        distances.dedup();
+        node.here = plain.into();
+        node.from_end = from_end.into();
+        node.distances = distances.into();
+        node.inner = inner.into();
+        node
     }
 
-    fn collect(&self, path: &str, out: &mut Vec<Entry>) {
+    /// The routes filed for a path, given as its segments (without the leading `/`).
+    fn collect(&self, segments: &[&str], out: &mut Vec<Entry>) {
         let mut node = self;
-        out.extend_from_slice(&node.here);
-        for segment in pattern::path_segments(path.strip_prefix('/').unwrap_or(path)) {
+        node.collect_here(segments, 0, out);
+        for (depth, segment) in segments.iter().enumerate() {
             match find(&node.children, segment) {
                 Some(child) => {
                     node = child;
-                    out.extend_from_slice(&node.here);
+                    node.collect_here(segments, depth + 1, out);
                 }
                 None => break,
+            }
+        }
+    }
+
+    /// The routes of this node (at `depth` segments) whose anchor the path has.
+    fn collect_here(&self, segments: &[&str], depth: usize, out: &mut Vec<Entry>) {
+        out.extend_from_slice(&self.here);
+        let n = segments.len();
+        for &k in self.distances.iter() {
+            // The anchor must lie after this node's segments, like the rest of the template.
+            let Some(at) = n.checked_sub(k).filter(|&at| at >= depth) else { continue };
+            let Some(segment) = segments.get(at) else { continue };
+            let key = (k, *segment);
+            let found = self.from_end.binary_search_by(|((d, l), _)| (*d, &**l).cmp(&key));
+            if let Some((_, entries)) = found.ok().and_then(|i| self.from_end.get(i)) {
+                out.extend_from_slice(entries);
+            }
+        }
+        if !self.inner.is_empty() {
+            for segment in segments.get(depth..).unwrap_or_default() {
+                if let Some(entries) = find(&self.inner, segment) {
+                    out.extend_from_slice(entries);
+                }
             }
         }
     }

@@ -262,7 +262,7 @@ fn close(tokens: &[GlobToken], states: &mut [bool]) {
 }
 
 /// One segment of a path template.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Segment {
     Literal(String),
     /// `{name}` or `*`: exactly one non-empty segment.
@@ -272,7 +272,7 @@ pub enum Segment {
 }
 
 /// A path pattern compiled to segments: `/v2/{repo:**}/manifests/{ref}`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PathTemplate {
     segments: Vec<Segment>,
     /// Where the `Many` segments are: with at most one, matching is a walk from both ends.
@@ -282,7 +282,7 @@ pub struct PathTemplate {
 }
 
 /// The position of a template's `Many` segments.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum ManyAt {
     None,
     One(usize),
@@ -386,6 +386,15 @@ impl PathTemplate {
             Segment::Literal(l) => Some(l.as_str()),
             _ => None,
         })
+    }
+
+    /// Whether the template is literal segments, `**`, one non-empty literal segment and `**`
+    /// (`/api/**/debug/**`): a path matches it when it starts with the literal prefix and has
+    /// that segment somewhere after it (which is how the index files it).
+    pub fn is_prefix_then_segment(&self) -> bool {
+        let prefix = self.literal_prefix().count();
+        matches!(self.segments.get(prefix..), Some([Segment::Many(None), Segment::Literal(l), Segment::Many(None)])
+            if !l.is_empty())
     }
 
     /// How many `**` / `{name:**}` segments the template has.
@@ -682,6 +691,16 @@ mod tests {
         assert!(template.matches(&normal("/v1/x/a@b")).is_some());
         let prefix = PathTemplate::prefix("/a%2b").unwrap();
         assert!(prefix.matches(&normal("/a+/x")).is_some());
+    }
+
+    #[test]
+    fn prefix_then_segment_templates() {
+        let shape = |t: &str| PathTemplate::template(t).unwrap().is_prefix_then_segment();
+        assert!(shape("/**/x/**") && shape("/api/v1/**/debug/**"));
+        for other in ["/**/x", "/**/{x}/**", "/x/**", "/**/x/y/**", "/{a:**}/x/**", "/**/x/{b:**}", "/**//**"]
+        {
+            assert!(!shape(other), "{other}");
+        }
     }
 
     #[test]

@@ -771,6 +771,20 @@ impl Rule {
         input: &PolicyInput<'_>,
         found: Found,
     ) -> Result<(), Miss> {
+        let path = &input.target.path;
+        let matched = self.routes.get(route).and_then(|r| r.path.matches(path));
+        self.check_matched(route, input, found, matched.as_ref())
+    }
+
+    /// Like [`check_route`](Self::check_route), given what the route's template matched of the
+    /// path (`None`: nothing), so that routes with the same template share one match.
+    pub(super) fn check_matched(
+        &self,
+        route: usize,
+        input: &PolicyInput<'_>,
+        found: Found,
+        matched: Option<&Captures<'_>>,
+    ) -> Result<(), Miss> {
         let version_check = self.version_check == Some(route);
         let route = self.routes.get(route).ok_or(Miss::Route)?;
         let target = input.target;
@@ -785,14 +799,9 @@ impl Rule {
                 return Err(Miss::Method);
             }
         }
-        // The index walked the literal segments of the path: for a prefix, that is the match.
-        let captures = if indexed && route.path.is_prefix() {
-            Captures::new()
-        } else {
-            route.path.matches(&target.path).ok_or(Miss::Path)?
-        };
+        let captures = matched.ok_or(Miss::Path)?;
         // Routes that name a repository must name a covered one; the `/v2/` version check has none.
-        if let Some(repo) = capture(&captures, "repo") {
+        if let Some(repo) = capture(captures, "repo") {
             if !self.repositories.is_empty() && !self.repositories.iter().any(|g| g.matches(repo)) {
                 return Err(Miss::Repository);
             }
@@ -820,7 +829,7 @@ impl Rule {
             self.check_token(token, input.now)?;
         }
         for (n, (name, test)) in self.captures.iter().enumerate().filter(|_| !version_check) {
-            if !test.holds_text(capture(&captures, name), input.token, input.peer) {
+            if !test.holds_text(capture(captures, name), input.token, input.peer) {
                 return Err(Miss::Capture(n));
             }
         }
@@ -993,7 +1002,7 @@ impl Miss {
     }
 }
 
-fn capture<'p>(captures: &Captures<'p>, name: &str) -> Option<&'p str> {
+fn capture<'p>(captures: &[(&str, &'p str)], name: &str) -> Option<&'p str> {
     captures.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
 }
 
