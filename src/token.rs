@@ -186,9 +186,9 @@ fn verify_es512(
     let mut header = decode_object(header_b64).map_err(|_| JWTError::InvalidSignature)?;
     header.insert("alg".into(), Value::from("HS512"));
     let rewrapped = format!("{}.{payload_b64}", URL_SAFE_NO_PAD.encode(Value::Object(header).to_string()));
-    let mac = hmac_sha512::HMAC::mac(rewrapped.as_bytes(), ES512_REWRAP_KEY);
-    let rewrapped = format!("{rewrapped}.{}", URL_SAFE_NO_PAD.encode(mac));
-    HS512Key::from_bytes(ES512_REWRAP_KEY).verify_token(&rewrapped, options)
+    let rewrap = HS512Key::from_bytes(ES512_REWRAP_KEY);
+    let mac = rewrap.authentication_tag(rewrapped.as_bytes());
+    rewrap.verify_token(&format!("{rewrapped}.{}", URL_SAFE_NO_PAD.encode(mac)), options)
 }
 
 /// One usable verification key of an issuer.

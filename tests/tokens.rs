@@ -797,17 +797,7 @@ fn rs256_resigned_as_hs256_with_the_public_key_is_refused() {
     for (encoding, secret) in rsa_public_key_encodings() {
         // The library's own HS256 token, with the RSA key's kid.
         let hs = HS256Key::from_bytes(&secret).with_key_id("rsa-1");
-        let claims = JWTClaims {
-            issued_at: Some(UnixTimeStamp::from_secs(NOW)),
-            expires_at: Some(UnixTimeStamp::from_secs(NOW + 300)),
-            invalid_before: None,
-            issuer: Some(ISS.into()),
-            subject: Some(SUB.into()),
-            audiences: Some(Audiences::AsString(AUD.into())),
-            jwt_id: None,
-            nonce: None,
-            custom: NoCustomClaims {},
-        };
+        let claims = library_claims();
         let token = hs.authenticate(claims).unwrap();
         assert_eq!(rejected(&token), Reason::TokenAlgorithmNotAllowed, "{encoding}");
         assert_denied(&decide("GET", "/public/x", &token), Reason::TokenAlgorithmNotAllowed);
@@ -872,11 +862,9 @@ fn symmetric_jwk_is_skipped() {
     assert_eq!(err.field, "issuers[0].jwks");
 }
 
-/// A PS256 token signed with the RSA key of `rsa`.
-fn ps256_token(kid: &str) -> String {
-    let SigningKey::RS256(rsa) = &keys().rsa else { unreachable!() };
-    let ps = PS256KeyPair::from_der(&rsa.to_der().unwrap()).unwrap().with_key_id(kid);
-    let claims = JWTClaims {
+/// The default claims, for tokens made by jwt-simple itself.
+fn library_claims() -> JWTClaims<NoCustomClaims> {
+    JWTClaims {
         issued_at: Some(UnixTimeStamp::from_secs(NOW)),
         expires_at: Some(UnixTimeStamp::from_secs(NOW + 300)),
         invalid_before: None,
@@ -886,7 +874,14 @@ fn ps256_token(kid: &str) -> String {
         jwt_id: None,
         nonce: None,
         custom: NoCustomClaims {},
-    };
+    }
+}
+
+/// A PS256 token signed with the RSA key of `rsa`.
+fn ps256_token(kid: &str) -> String {
+    let SigningKey::RS256(rsa) = &keys().rsa else { unreachable!() };
+    let ps = PS256KeyPair::from_der(&rsa.to_der().unwrap()).unwrap().with_key_id(kid);
+    let claims = library_claims();
     ps.sign(claims).unwrap()
 }
 
@@ -2127,17 +2122,7 @@ fn es512_only_where_allowed() {
     assert_eq!(rejected(&token), Reason::TokenAlgorithmNotAllowed);
     let engine = es512_engine();
     let rewrap = jwt_simple::prelude::HS512Key::from_bytes(b"meshward ES512 claims re-wrap (not a secret)");
-    let claims = JWTClaims {
-        issued_at: Some(UnixTimeStamp::from_secs(NOW)),
-        expires_at: Some(UnixTimeStamp::from_secs(NOW + 300)),
-        invalid_before: None,
-        issuer: Some(ISS.into()),
-        subject: Some(SUB.into()),
-        audiences: Some(Audiences::AsString(AUD.into())),
-        jwt_id: None,
-        nonce: None,
-        custom: NoCustomClaims {},
-    };
+    let claims = library_claims();
     let forged = rewrap.authenticate(claims).unwrap();
     assert_eq!(engine.issuers().verify(&forged, NOW), Err(Reason::TokenAlgorithmNotAllowed));
     // Even where HS512 is allowed with a real secret, the re-wrap key is not that secret.
