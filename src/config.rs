@@ -112,7 +112,7 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// Accepted `aud` values; a token must carry at least one of them.
     pub audiences: Vec<String>,
-    /// Accepted signature algorithms (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA; HS256/384/512
+    /// Accepted signature algorithms (RS256/384/512, PS256/384/512, ES256, ES384, ES512, EdDSA; HS256/384/512
     /// only together with `hmac_secret`).
     pub algorithms: Vec<String>,
     /// `oidc` (default), `jwt-svid`, `kubernetes` or `access-token`: the rules its tokens follow.
@@ -389,7 +389,7 @@ impl BundleConfig {
                 let alg = Algorithm::from_name(name).ok_or_else(|| {
                     ConfigError::new(
                         &field,
-                        format!("unsupported algorithm {name:?} (RS256/384/512, PS256/384/512, ES256, ES384, EdDSA)"),
+                        format!("unsupported algorithm {name:?} (RS256/384/512, PS256/384/512, ES256, ES384, ES512, EdDSA)"),
                     )
                 })?;
                 if alg.is_hmac() && cfg.hmac_secret.is_none() {

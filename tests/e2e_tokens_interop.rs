@@ -1,5 +1,6 @@
 //! Issue 11, token half, through a real Envoy: every claim reachable by policy (`aud`, `nbf`,
-//! `nonce`), NumericDates with a fraction, and a JWK without `kid` serving a token that names one.
+//! `nonce`), NumericDates with a fraction, a JWK without `kid` serving a token that names one, and
+//! ES512 (P-521) in the wasm module.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -7,6 +8,8 @@ mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use jwt_simple::prelude::ES256KeyPair;
 use meshward::cli::dev::{jwks, SigningKey, TokenSpec};
 use meshward::token::Algorithm;
@@ -26,6 +29,11 @@ fn claims_fractional_times_and_kidless_keys_through_envoy() {
     // The ES256 key is published without `kid`.
     let mut ec_jwk = SigningKey::ES256(ES256KeyPair::from_bytes(&ec.to_bytes()).unwrap()).public_jwk();
     ec_jwk.as_object_mut().unwrap().remove("kid");
+    // A P-521 key for ES512.
+    let p521_key = p521::ecdsa::SigningKey::from_slice(&[[0u8].as_slice(), &[0x33; 65]].concat()).unwrap();
+    let point = p521_key.verifying_key().to_sec1_bytes();
+    let p521_jwk = json!({"kty": "EC", "crv": "P-521", "alg": "ES512", "kid": "p521-1",
+                          "x": URL_SAFE_NO_PAD.encode(&point[1..67]), "y": URL_SAFE_NO_PAD.encode(&point[67..])});
     let bundle = json!({
         "name": "tokens-interop",
         "issuers": [
@@ -33,6 +41,8 @@ fn claims_fractional_times_and_kidless_keys_through_envoy() {
              "jwks": jwks(&[&ed]), "clock_skew_seconds": 0},
             {"name": "ec", "issuer": "https://ec.test", "audiences": ["api"], "algorithms": ["ES256"],
              "jwks": {"keys": [ec_jwk]}},
+            {"name": "p521", "issuer": "https://p521.test", "audiences": ["api"], "algorithms": ["ES512"],
+             "jwks": {"keys": [p521_jwk]}},
         ],
         "rules": [
             {"id": "no-legacy", "effect": "deny", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}],
@@ -94,4 +104,19 @@ fn claims_fractional_times_and_kidless_keys_through_envoy() {
     assert_eq!(get("/read/x", &ec_token(&ec, "rotated-7")).status, 200, "kid-less key, token with kid");
     let stranger = ES256KeyPair::generate();
     expect(get("/read/x", &ec_token(&stranger, "rotated-7")), 401, "token_key_unknown", "untrusted key");
+
+    // Item 9c: ES512 verifies in the wasm module; a flipped signature bit does not.
+    let claims = json!({"iss": "https://p521.test", "sub": "svc", "aud": "api", "iat": t, "exp": t + 300});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"ES512","kid":"p521-1"}"#),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature: p521::ecdsa::Signature = p521::ecdsa::signature::Signer::sign(&p521_key, input.as_bytes());
+    let good = signature.to_bytes().to_vec();
+    let mut flipped = good.clone();
+    flipped[40] ^= 1;
+    let with = |sig: &[u8]| format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig));
+    assert_eq!(get("/read/x", &with(&good)).status, 200, "ES512");
+    expect(get("/read/x", &with(&flipped)), 401, "token_signature_invalid", "ES512, flipped bit");
 }

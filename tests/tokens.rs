@@ -797,17 +797,7 @@ fn rs256_resigned_as_hs256_with_the_public_key_is_refused() {
     for (encoding, secret) in rsa_public_key_encodings() {
         // The library's own HS256 token, with the RSA key's kid.
         let hs = HS256Key::from_bytes(&secret).with_key_id("rsa-1");
-        let claims = JWTClaims {
-            issued_at: Some(UnixTimeStamp::from_secs(NOW)),
-            expires_at: Some(UnixTimeStamp::from_secs(NOW + 300)),
-            invalid_before: None,
-            issuer: Some(ISS.into()),
-            subject: Some(SUB.into()),
-            audiences: Some(Audiences::AsString(AUD.into())),
-            jwt_id: None,
-            nonce: None,
-            custom: NoCustomClaims {},
-        };
+        let claims = library_claims();
         let token = hs.authenticate(claims).unwrap();
         assert_eq!(rejected(&token), Reason::TokenAlgorithmNotAllowed, "{encoding}");
         assert_denied(&decide("GET", "/public/x", &token), Reason::TokenAlgorithmNotAllowed);
@@ -872,11 +862,9 @@ fn symmetric_jwk_is_skipped() {
     assert_eq!(err.field, "issuers[0].jwks");
 }
 
-/// A PS256 token signed with the RSA key of `rsa`.
-fn ps256_token(kid: &str) -> String {
-    let SigningKey::RS256(rsa) = &keys().rsa else { unreachable!() };
-    let ps = PS256KeyPair::from_der(&rsa.to_der().unwrap()).unwrap().with_key_id(kid);
-    let claims = JWTClaims {
+/// The default claims, for tokens made by jwt-simple itself.
+fn library_claims() -> JWTClaims<NoCustomClaims> {
+    JWTClaims {
         issued_at: Some(UnixTimeStamp::from_secs(NOW)),
         expires_at: Some(UnixTimeStamp::from_secs(NOW + 300)),
         invalid_before: None,
@@ -886,7 +874,14 @@ fn ps256_token(kid: &str) -> String {
         jwt_id: None,
         nonce: None,
         custom: NoCustomClaims {},
-    };
+    }
+}
+
+/// A PS256 token signed with the RSA key of `rsa`.
+fn ps256_token(kid: &str) -> String {
+    let SigningKey::RS256(rsa) = &keys().rsa else { unreachable!() };
+    let ps = PS256KeyPair::from_der(&rsa.to_der().unwrap()).unwrap().with_key_id(kid);
+    let claims = library_claims();
     ps.sign(claims).unwrap()
 }
 
@@ -2033,4 +2028,112 @@ fn jwk_without_kid_serves_tokens_naming_a_kid() {
     assert_eq!(verify(&sign_with_kid_rs256("whatever")), Ok(SUB.into()));
     assert_eq!(verify(&ps256_token("whatever")), Err(Reason::TokenKeyUnknown));
     assert_eq!(verify(&sign_with_kid_es256("whatever")), Err(Reason::TokenKeyUnknown));
+}
+
+/// A fixed P-521 key (tests only) and an engine trusting it for ES512 under kid `es512-1`.
+fn es512_key() -> p521::ecdsa::SigningKey {
+    let mut secret = [0x5a_u8; 66];
+    secret[0] = 0;
+    p521::ecdsa::SigningKey::from_slice(&secret).unwrap()
+}
+
+fn es512_engine() -> Engine {
+    let point = es512_key().verifying_key().to_sec1_bytes();
+    let jwk = json!({"kty": "EC", "crv": "P-521", "alg": "ES512", "kid": "es512-1",
+                     "x": b64(&point[1..67]), "y": b64(&point[67..])});
+    engine_with(|b| {
+        b["issuers"][0]["algorithms"] = json!(["ES512", "EdDSA"]);
+        b["issuers"][0]["jwks"]["keys"] = json!([jwk, keys().ed.public_jwk()]);
+    })
+}
+
+/// Signs header and payload text with the P-521 key: r || s, 66 bytes each (RFC 7518 3.4).
+fn es512_sign(header: &str, payload: &str) -> String {
+    use p521::ecdsa::signature::Signer as _;
+    let input = format!("{}.{}", b64(header), b64(payload));
+    let signature: p521::ecdsa::Signature = es512_key().sign(input.as_bytes());
+    format!("{input}.{}", b64(signature.to_bytes()))
+}
+
+const ES512_HEADER: &str = r#"{"alg":"ES512","kid":"es512-1"}"#;
+
+/// ES512 (P-521) tokens verify, with the same claim checks as every other algorithm.
+#[test]
+fn es512_tokens_verify_with_every_claim_check() {
+    let engine = es512_engine();
+    let verify = |t: &str| engine.issuers().verify(t, NOW);
+    let good = es512_sign(ES512_HEADER, &payload());
+    assert_eq!(verify(&good).unwrap().subject, SUB);
+    assert_eq!(verify(&es512_sign(r#"{"alg":"ES512"}"#, &payload())).unwrap().subject, SUB);
+    // Claims: expiry, audience, not-before, issuer (all checked by the same code as other algorithms).
+    assert_eq!(
+        verify(&es512_sign(ES512_HEADER, &payload_set("exp", json!(NOW - SKEW - 1)))),
+        Err(Reason::TokenExpired)
+    );
+    assert_eq!(
+        verify(&es512_sign(ES512_HEADER, &payload_set("aud", json!("other")))),
+        Err(Reason::TokenAudienceInvalid)
+    );
+    assert_eq!(
+        verify(&es512_sign(ES512_HEADER, &payload_set("nbf", json!(NOW + SKEW + 1)))),
+        Err(Reason::TokenNotYetValid)
+    );
+    assert_eq!(
+        verify(&es512_sign(ES512_HEADER, &payload_set("exp", Value::Null))),
+        Err(Reason::TokenExpiryMissing)
+    );
+    // Header checks still apply: a non-empty `crit`, a nested token.
+    assert_eq!(
+        verify(&es512_sign(r#"{"alg":"ES512","crit":["x"]}"#, &payload())),
+        Err(Reason::TokenMalformed)
+    );
+    assert_eq!(
+        verify(&es512_sign(r#"{"alg":"ES512","cty":"JWT"}"#, &payload())),
+        Err(Reason::TokenMalformed)
+    );
+    // Signatures: flipped bits, zero r and s, DER or wrong lengths, another key's.
+    for flipped in (0..132 * 8).step_by(13).map(|bit| {
+        let (h, p, s) = parts(&good);
+        let mut sig = unb64(&s);
+        sig[bit / 8] ^= 1 << (bit % 8);
+        format!("{h}.{p}.{}", b64(sig))
+    }) {
+        assert_eq!(verify(&flipped), Err(Reason::TokenSignatureInvalid));
+    }
+    let sig = unb64(&parts(&good).2);
+    for bad in [vec![0u8; 132], sig[..131].to_vec(), [sig.clone(), vec![0]].concat(), vec![0u8; 64]] {
+        assert_eq!(
+            verify(&with_signature(&good, &bad)),
+            Err(Reason::TokenSignatureInvalid),
+            "{} bytes",
+            bad.len()
+        );
+    }
+    assert_eq!(verify(&with_signature(&good, &[])), Err(Reason::TokenMalformed));
+    let der = p521::ecdsa::Signature::from_slice(&sig).unwrap().to_der();
+    assert_eq!(verify(&with_signature(&good, der.as_bytes())), Err(Reason::TokenSignatureInvalid));
+    // An Ed25519 signature under an ES512 header; an ES512 signature under an EdDSA header is not
+    // even 64 bytes (as for any wrong-length Ed25519 signature: malformed).
+    assert_eq!(verify(&raw(ES512_HEADER, &payload())), Err(Reason::TokenSignatureInvalid));
+    assert_eq!(verify(&es512_sign(ED_HEADER, &payload())), Err(Reason::TokenMalformed));
+}
+
+/// The P-521 key serves only ES512, and ES512 only where the issuer allows it; the HS512 re-wrap the
+/// ES512 path uses inside is no way in: an HS512 token under that (public) re-wrap key is refused.
+#[test]
+fn es512_only_where_allowed() {
+    let token = es512_sign(ES512_HEADER, &payload());
+    assert_eq!(rejected(&token), Reason::TokenAlgorithmNotAllowed);
+    let engine = es512_engine();
+    let rewrap = jwt_simple::prelude::HS512Key::from_bytes(b"meshward ES512 claims re-wrap (not a secret)");
+    let claims = library_claims();
+    let forged = rewrap.authenticate(claims).unwrap();
+    assert_eq!(engine.issuers().verify(&forged, NOW), Err(Reason::TokenAlgorithmNotAllowed));
+    // Even where HS512 is allowed with a real secret, the re-wrap key is not that secret.
+    let hmac = engine_with(|b| {
+        b["issuers"][0]["algorithms"] = json!(["HS512"]);
+        b["issuers"][0]["hmac_secret"] = json!(b64([7u8; 32]));
+        b["issuers"][0]["jwks"] = json!({"keys": []});
+    });
+    assert_eq!(hmac.issuers().verify(&forged, NOW), Err(Reason::TokenSignatureInvalid));
 }

@@ -42,6 +42,8 @@ pub enum Algorithm {
     PS512,
     ES256,
     ES384,
+    /// P-521 with SHA-512 (verified with RustCrypto's `p521`; jwt-simple has no ES512).
+    ES512,
     EdDSA,
     /// HMAC algorithms: only for an issuer that opts in with its shared secret.
     HS256,
@@ -51,7 +53,7 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// Every supported algorithm.
-    pub const ALL: [Algorithm; 12] = [
+    pub const ALL: [Algorithm; 13] = [
         Algorithm::RS256,
         Algorithm::RS384,
         Algorithm::RS512,
@@ -60,6 +62,7 @@ impl Algorithm {
         Algorithm::PS512,
         Algorithm::ES256,
         Algorithm::ES384,
+        Algorithm::ES512,
         Algorithm::EdDSA,
         Algorithm::HS256,
         Algorithm::HS384,
@@ -82,6 +85,7 @@ impl Algorithm {
             Algorithm::PS512 => "PS512",
             Algorithm::ES256 => "ES256",
             Algorithm::ES384 => "ES384",
+            Algorithm::ES512 => "ES512",
             Algorithm::EdDSA => "EdDSA",
             Algorithm::HS256 => "HS256",
             Algorithm::HS384 => "HS384",
@@ -123,6 +127,7 @@ enum PublicKey {
     PS512(PS512PublicKey),
     ES256(ES256PublicKey),
     ES384(ES384PublicKey),
+    ES512(Box<p521::ecdsa::VerifyingKey>),
     /// Checked with ed25519-dalek: its 32-bit arithmetic is faster in wasm than jwt-simple's.
     EdDSA(hostcrypto::Ed25519Key),
     HS256(HS256Key),
@@ -159,6 +164,7 @@ impl PublicKey {
             PublicKey::PS512(k) => k.verify_token(token, options),
             PublicKey::ES256(k) => k.verify_token(token, options),
             PublicKey::ES384(k) => k.verify_token(token, options),
+            PublicKey::ES512(k) => verify_es512(k, token, options),
             PublicKey::EdDSA(k) => {
                 hostcrypto::verify_ed25519(k, token, options.as_ref().unwrap_or(&Default::default()))
             }
@@ -183,6 +189,34 @@ impl PublicKey {
             _ => None,
         }
     }
+}
+
+/// The fixed key of the HS512 re-wrap in [`verify_es512`]. It guards nothing, so it is no secret.
+const ES512_REWRAP_KEY: &[u8] = b"meshward ES512 claims re-wrap (not a secret)";
+
+/// ES512 (P-521), which jwt-simple lacks. The signature is checked here with `p521`; then jwt-simple
+/// checks header and claims exactly as for every other algorithm, on the same header (`alg` renamed)
+/// and the same payload segment under an HS512 MAC with a fixed key. That MAC is a formality: the
+/// token was authenticated just before, and the re-wrapped token never leaves this function.
+fn verify_es512(
+    key: &p521::ecdsa::VerifyingKey,
+    token: &str,
+    options: Option<VerificationOptions>,
+) -> Result<Claims, jwt_simple::Error> {
+    use p521::ecdsa::signature::Verifier as _;
+    let bad_signature = || jwt_simple::Error::from(JWTError::InvalidSignature);
+    let (signed, signature) = token.rsplit_once('.').ok_or_else(bad_signature)?;
+    let (header_b64, payload_b64) = signed.split_once('.').ok_or_else(bad_signature)?;
+    // Fixed-size r || s (RFC 7518 3.4); `from_slice` also refuses r = 0 or s = 0.
+    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| bad_signature())?;
+    let signature = p521::ecdsa::Signature::from_slice(&signature).map_err(|_| bad_signature())?;
+    key.verify(signed.as_bytes(), &signature).map_err(|_| bad_signature())?;
+    let mut header = decode_object(header_b64).map_err(|_| JWTError::InvalidSignature)?;
+    header.insert("alg".into(), Value::from("HS512"));
+    let rewrapped = format!("{}.{payload_b64}", URL_SAFE_NO_PAD.encode(Value::Object(header).to_string()));
+    let rewrap = HS512Key::from_bytes(ES512_REWRAP_KEY);
+    let mac = rewrap.authentication_tag(rewrapped.as_bytes());
+    rewrap.verify_token(&format!("{rewrapped}.{}", URL_SAFE_NO_PAD.encode(mac)), options)
 }
 
 /// One usable verification key of an issuer.
@@ -222,6 +256,18 @@ fn b64(field: &str, value: &Option<String>) -> Result<Vec<u8>, String> {
     URL_SAFE_NO_PAD.decode(value).map_err(|_| format!("`{field}` is not base64url"))
 }
 
+/// The uncompressed SEC1 point of JWK coordinates for a curve of `size`-byte coordinates. Shorter
+/// coordinates are left-padded with zeros: some JWK generators drop leading zero bytes (RFC 7518
+/// 6.2.1.2 says not to; jwt_verify_lib's own P-521 test key has a 64-byte `y`). Padding is
+/// unambiguous, and the point is still checked to be on the curve.
+fn ec_point(x: Vec<u8>, y: Vec<u8>, size: usize) -> Result<Vec<u8>, String> {
+    if x.len() > size || y.len() > size {
+        return Err(format!("EC coordinate longer than {size} bytes"));
+    }
+    let padded = |c: &[u8]| std::iter::repeat_n(0u8, size.saturating_sub(c.len())).chain(c.to_vec());
+    Ok(std::iter::once(0x04).chain(padded(&x)).chain(padded(&y)).collect())
+}
+
 /// Turns one JWK into the keys it provides for the allowed algorithms. A key with an `alg` serves
 /// only that algorithm; an RSA key without one serves each allowed RSA algorithm.
 fn keys_from_jwk(jwk: &Value, allowed: &[Algorithm], uses: &[&str]) -> Result<Vec<VerifyKey>, String> {
@@ -251,16 +297,22 @@ fn keys_from_jwk(jwk: &Value, allowed: &[Algorithm], uses: &[&str]) -> Result<Ve
                 push(alg, PublicKey::from_rsa(alg, &n, &e)?);
             }
         }
-        ("EC", Some(crv @ ("P-256" | "P-384"))) => {
-            let (x, y) = (b64("x", &jwk.x)?, b64("y", &jwk.y)?);
-            let mut point = vec![0x04];
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
+        ("EC", Some(crv @ ("P-256" | "P-384" | "P-521"))) => {
+            let size = match crv {
+                "P-256" => 32,
+                "P-384" => 48,
+                _ => 66,
+            };
+            let point = ec_point(b64("x", &jwk.x)?, b64("y", &jwk.y)?, size)?;
             let err = |e: jwt_simple::Error| format!("invalid EC point: {e}");
             if crv == "P-256" && fits(Algorithm::ES256) {
                 push(Algorithm::ES256, PublicKey::ES256(ES256PublicKey::from_bytes(&point).map_err(err)?));
             } else if crv == "P-384" && fits(Algorithm::ES384) {
                 push(Algorithm::ES384, PublicKey::ES384(ES384PublicKey::from_bytes(&point).map_err(err)?));
+            } else if crv == "P-521" && fits(Algorithm::ES512) {
+                let key = p521::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                    .map_err(|_| "invalid EC point: not on P-521".to_string())?;
+                push(Algorithm::ES512, PublicKey::ES512(Box::new(key)));
             }
         }
         ("OKP", Some("Ed25519")) => {
