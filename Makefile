@@ -138,7 +138,7 @@ corpus: cli
 e2e: deps wasm
 	cargo test $(E2E_TESTS)
 
-e2e-oldest: envoy-oldest registry-tools wasm
+e2e-oldest: envoy-oldest registry-tools oidc-provider wasm
 	MESHWARD_ENVOY=$(abspath $(ENVOY_OLDEST_BIN)) cargo test $(E2E_TESTS)
 
 bench:
