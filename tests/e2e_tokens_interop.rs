@@ -1,6 +1,6 @@
 //! Issue 11, token half, through a real Envoy: every claim reachable by policy (`aud`, `nbf`,
 //! `nonce`), NumericDates with a fraction, a JWK without `kid` serving a token that names one, and
-//! ES512 (P-521) in the wasm module.
+//! ES512 (P-521), which the plugin checks through Envoy's verify_signature (BoringSSL).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -105,7 +105,7 @@ fn claims_fractional_times_and_kidless_keys_through_envoy() {
     let stranger = ES256KeyPair::generate();
     expect(get("/read/x", &ec_token(&stranger, "rotated-7")), 401, "token_key_unknown", "untrusted key");
 
-    // Item 9c: ES512 verifies in the wasm module; a flipped signature bit does not.
+    // Item 9c: ES512 verifies (by the host: p521 stays out of the module); a flipped bit does not.
     let claims = json!({"iss": "https://p521.test", "sub": "svc", "aud": "api", "iat": t, "exp": t + 300});
     let input = format!(
         "{}.{}",

@@ -148,7 +148,8 @@ pub fn decode_result(mut bytes: &[u8]) -> Result<bool, HostCryptoError> {
 /// A JWS ECDSA signature (`r || s`, each `scalar_len` bytes) as the DER `ECDSA-Sig-Value` BoringSSL
 /// reads. `None` when the length is not exactly `2 * scalar_len` (jwt-simple refuses those too).
 pub fn ecdsa_signature_der(signature: &[u8], scalar_len: usize) -> Option<Vec<u8>> {
-    if signature.len() != 2 * scalar_len || scalar_len > 60 {
+    // Up to 66-byte scalars (P-521): each INTEGER stays under 128 bytes (short length form).
+    if signature.len() != 2 * scalar_len || scalar_len > 66 {
         return None;
     }
     let (r, s) = signature.split_at(scalar_len);
@@ -160,16 +161,20 @@ pub fn ecdsa_signature_der(signature: &[u8], scalar_len: usize) -> Option<Vec<u8
         let digits = scalar.get(first..)?;
         let pad = digits.first().is_some_and(|&b| b & 0x80 != 0);
         body.push(0x02);
-        body.push((digits.len() + usize::from(pad)) as u8);
+        body.push(u8::try_from(digits.len() + usize::from(pad)).ok()?);
         if pad {
             body.push(0);
         }
         body.extend_from_slice(digits);
     }
-    // At most 2 * (2 + 61) = 126 bytes for scalar_len <= 60: the short length form fits.
-    let mut der = Vec::with_capacity(body.len() + 2);
+    // The SEQUENCE: short length form up to 127 bytes, else one length byte (P-521: up to 138).
+    let len = u8::try_from(body.len()).ok()?;
+    let mut der = Vec::with_capacity(body.len() + 3);
     der.push(0x30);
-    der.push(body.len() as u8);
+    if len >= 0x80 {
+        der.push(0x81);
+    }
+    der.push(len);
     der.extend_from_slice(&body);
     Some(der)
 }

@@ -127,7 +127,7 @@ enum PublicKey {
     PS512(PS512PublicKey),
     ES256(ES256PublicKey),
     ES384(ES384PublicKey),
-    ES512(Box<p521::ecdsa::VerifyingKey>),
+    ES512(Es512Key),
     /// Checked with ed25519-dalek: its 32-bit arithmetic is faster in wasm than jwt-simple's.
     EdDSA(hostcrypto::Ed25519Key),
     HS256(HS256Key),
@@ -164,7 +164,11 @@ impl PublicKey {
             PublicKey::PS512(k) => k.verify_token(token, options),
             PublicKey::ES256(k) => k.verify_token(token, options),
             PublicKey::ES384(k) => k.verify_token(token, options),
+            #[cfg(not(target_arch = "wasm32"))]
             PublicKey::ES512(k) => verify_es512(k, token, options),
+            // In the plugin only the host checks ES512 (see `Es512Key`): without it, refuse.
+            #[cfg(target_arch = "wasm32")]
+            PublicKey::ES512(_) => Err(JWTError::InvalidSignature.into()),
             PublicKey::EdDSA(k) => {
                 hostcrypto::verify_ed25519(k, token, options.as_ref().unwrap_or(&Default::default()))
             }
@@ -175,6 +179,7 @@ impl PublicKey {
     }
 
     /// What a host signature check needs, for the algorithms the host does (PKCS#1 v1.5, ECDSA).
+    /// ES512 (P-521) too: in the plugin the host is its only verifier (see [`Es512Key`]).
     fn host_key(&self) -> Option<HostKey> {
         let rsa = |hash, der: Result<Vec<u8>, jwt_simple::Error>| der.ok().map(|der| HostKey::rsa(hash, der));
         let ec = |hash, der: Result<Vec<u8>, jwt_simple::Error>, len| {
@@ -186,24 +191,71 @@ impl PublicKey {
             PublicKey::RS512(k) => rsa(HashFunction::Sha512, k.to_der()),
             PublicKey::ES256(k) => ec(HashFunction::Sha256, k.to_der(), 32),
             PublicKey::ES384(k) => ec(HashFunction::Sha384, k.to_der(), 48),
+            PublicKey::ES512(k) => Some(HostKey::ecdsa(HashFunction::Sha512, p521_spki_der(&k.point), 66)),
             _ => None,
         }
     }
 }
 
+/// An ES512 (P-521) key. Natively (the CLI, tests) it is checked with RustCrypto's `p521`; in the
+/// plugin only by the host (Envoy's `verify_signature`, BoringSSL), which every supported Envoy has:
+/// `p521` would take the module over 1 MiB. Without the host an ES512 token is refused
+/// (`token_signature_invalid`), never accepted.
+struct Es512Key {
+    /// The SEC1 uncompressed point (`04 || x || y`, 133 bytes).
+    point: Vec<u8>,
+    #[cfg(not(target_arch = "wasm32"))]
+    key: Box<p521::ecdsa::VerifyingKey>,
+}
+
+impl Es512Key {
+    fn new(point: Vec<u8>) -> Result<Self, String> {
+        #[cfg(not(target_arch = "wasm32"))]
+        let key = Box::new(
+            p521::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                .map_err(|_| "invalid EC point: not on P-521".to_string())?,
+        );
+        Ok(Es512Key {
+            point,
+            #[cfg(not(target_arch = "wasm32"))]
+            key,
+        })
+    }
+}
+
+/// The DER SubjectPublicKeyInfo of a P-521 point (RFC 5480: id-ecPublicKey, secp521r1), as the host
+/// reads public keys.
+fn p521_spki_der(point: &[u8]) -> Vec<u8> {
+    const PREFIX: [u8; 24] = [
+        0x30, 0x81, 0x9b, // SEQUENCE, 155 bytes
+        0x30, 0x10, // AlgorithmIdentifier
+        0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, // id-ecPublicKey
+        0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23, // secp521r1
+        0x03, 0x81, 0x86, // BIT STRING, 134 bytes
+    ];
+    let mut der = Vec::with_capacity(PREFIX.len() + 1 + point.len());
+    der.extend_from_slice(&PREFIX);
+    der.push(0x00); // no unused bits
+    der.extend_from_slice(point);
+    der
+}
+
 /// The fixed key of the HS512 re-wrap in [`verify_es512`]. It guards nothing, so it is no secret.
+#[cfg(not(target_arch = "wasm32"))]
 const ES512_REWRAP_KEY: &[u8] = b"meshward ES512 claims re-wrap (not a secret)";
 
 /// ES512 (P-521), which jwt-simple lacks. The signature is checked here with `p521`; then jwt-simple
 /// checks header and claims exactly as for every other algorithm, on the same header (`alg` renamed)
 /// and the same payload segment under an HS512 MAC with a fixed key. That MAC is a formality: the
 /// token was authenticated just before, and the re-wrapped token never leaves this function.
+#[cfg(not(target_arch = "wasm32"))]
 fn verify_es512(
-    key: &p521::ecdsa::VerifyingKey,
+    key: &Es512Key,
     token: &str,
     options: Option<VerificationOptions>,
 ) -> Result<Claims, jwt_simple::Error> {
     use p521::ecdsa::signature::Verifier as _;
+    let key = &key.key;
     let bad_signature = || jwt_simple::Error::from(JWTError::InvalidSignature);
     let (signed, signature) = token.rsplit_once('.').ok_or_else(bad_signature)?;
     let (header_b64, payload_b64) = signed.split_once('.').ok_or_else(bad_signature)?;
@@ -310,9 +362,7 @@ fn keys_from_jwk(jwk: &Value, allowed: &[Algorithm], uses: &[&str]) -> Result<Ve
             } else if crv == "P-384" && fits(Algorithm::ES384) {
                 push(Algorithm::ES384, PublicKey::ES384(ES384PublicKey::from_bytes(&point).map_err(err)?));
             } else if crv == "P-521" && fits(Algorithm::ES512) {
-                let key = p521::ecdsa::VerifyingKey::from_sec1_bytes(&point)
-                    .map_err(|_| "invalid EC point: not on P-521".to_string())?;
-                push(Algorithm::ES512, PublicKey::ES512(Box::new(key)));
+                push(Algorithm::ES512, PublicKey::ES512(Es512Key::new(point)?));
             }
         }
         ("OKP", Some("Ed25519")) => {
