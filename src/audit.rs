@@ -2,12 +2,13 @@
 //!
 //! The decision record's fields are a stable, documented schema (README, "Audit records").
 
-use std::cell::Cell;
+#![forbid(unsafe_code)]
 
 use serde::Serialize;
 
-use crate::engine::{HttpRequest, Outcome};
+use crate::engine::Outcome;
 use crate::policy::Mode;
+use crate::request::HttpRequest;
 
 /// The decision that dry-run rules would have made, when it differs from the enforced one.
 #[derive(Debug, Serialize)]
@@ -119,40 +120,6 @@ impl<'a> AuditRecord<'a> {
         // Serializing these plain fields cannot fail; fall back to a minimal record regardless.
         serde_json::to_string(self)
             .unwrap_or_else(|_| format!("{{\"type\":\"decision\",\"reason\":\"{}\"}}", self.reason))
-    }
-}
-
-/// Decides which decisions are written. Denials, dry-run disagreements, break-glass decisions and
-/// write-like methods always are; plain reads that were allowed are sampled at `allow_sample_rate`
-/// (deterministically: exactly that share of them, spread evenly).
-#[derive(Debug)]
-pub struct AuditSampler {
-    rate: f64,
-    credit: Cell<f64>,
-}
-
-impl AuditSampler {
-    /// A sampler keeping `rate` (0.0 to 1.0) of plain allows.
-    pub fn new(rate: f64) -> Self {
-        AuditSampler { rate: rate.clamp(0.0, 1.0), credit: Cell::new(0.0) }
-    }
-
-    /// Whether to write the record of this outcome.
-    pub fn keep(&self, outcome: &Outcome) -> bool {
-        let d = &outcome.decision;
-        let read =
-            outcome.target.as_ref().is_some_and(|t| matches!(t.method.as_str(), "GET" | "HEAD" | "OPTIONS"));
-        if !d.allowed || d.break_glass || outcome.dry_run.is_some() || outcome.mode == Mode::DryRun || !read {
-            return true;
-        }
-        let credit = self.credit.get() + self.rate;
-        if credit >= 1.0 {
-            self.credit.set(credit - 1.0);
-            true
-        } else {
-            self.credit.set(credit);
-            false
-        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The outcome of authorizing one request: allow or deny, the deciding rule and a stable reason code.
 
+#![forbid(unsafe_code)]
+
 use serde::{Deserialize, Serialize};
 
 /// Declares [`Reason`] from one table: each variant with its stable code and the HTTP status of a

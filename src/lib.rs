@@ -15,14 +15,17 @@ pub mod token;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 
-// The proxy_wasm::main! entry point is an exported (`no_mangle`) function. Only in the plugin's
-// target (wasm32-wasip1): the core alone builds for wasm32-unknown-unknown, where tests/wasm runs
-// the corpus in Node.js without a proxy host.
+// Only in the plugin's target (wasm32-wasip1): the core alone builds for wasm32-unknown-unknown,
+// where tests/wasm runs the corpus in Node.js without a proxy host. Its SDK entry point
+// (`filter/entry.rs`) is the one module that allows unsafe code (see there).
 #[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
-#[allow(unsafe_code)]
+#[path = "filter/entry.rs"]
+mod entry;
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod filter;
 
 pub use config::{BundleConfig, CompileWarning, ConfigError};
 pub use decision::{Decision, Reason};
-pub use engine::{Engine, HttpRequest, Outcome, RecordedIdentity};
+pub use engine::{Engine, Outcome, RecordedIdentity};
+pub use request::HttpRequest;
 pub use token::VerifiedToken;

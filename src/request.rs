@@ -4,7 +4,56 @@
 //! an upstream may decode what Envoy passed through. So instead of guessing, any path whose meaning
 //! could differ between meshward and the upstream is rejected.
 
+#![forbid(unsafe_code)]
+
 use crate::decision::Reason;
+
+/// What the plugin reads from a request. Borrowed from the host's header map.
+#[derive(Clone, Debug, Default)]
+pub struct HttpRequest<'a> {
+    /// `:method`.
+    pub method: Option<&'a str>,
+    /// `:authority` (or `Host`).
+    pub authority: Option<&'a str>,
+    /// `:path`, with query.
+    pub path: Option<&'a str>,
+    /// Every `Authorization` header value, in order.
+    pub authorization: Vec<&'a str>,
+    /// All request headers (lower-case names), for header conditions.
+    pub headers: Vec<(&'a str, &'a str)>,
+    /// The mTLS peer's identity (URI SAN of its certificate), if any.
+    pub peer: Option<&'a str>,
+    /// The hex SHA-256 of the mTLS peer's certificate, if any (for certificate-bound tokens).
+    pub peer_certificate_sha256: Option<&'a str>,
+}
+
+impl<'a> HttpRequest<'a> {
+    /// A request from recorded parts (replay's records, audit records, the wasm corpus test), built
+    /// as the filter builds one from the host's header map: `headers` have lower-case names, a
+    /// header sent several times appears once per value, and the `authorization` values are taken
+    /// from them.
+    pub fn recorded(
+        method: Option<&'a str>,
+        authority: Option<&'a str>,
+        path: Option<&'a str>,
+        headers: &'a [(String, String)],
+        peer: Option<&'a str>,
+    ) -> Self {
+        HttpRequest {
+            method,
+            authority,
+            path,
+            authorization: headers
+                .iter()
+                .filter(|(name, _)| name == "authorization")
+                .map(|(_, value)| value.as_str())
+                .collect(),
+            headers: headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
+            peer,
+            peer_certificate_sha256: None,
+        }
+    }
+}
 
 /// A request ready for policy: method as sent, host lower-cased without port or trailing dot (the
 /// port kept apart), path without the query string and in normal form ([`normalize_path`]).

@@ -8,6 +8,8 @@
 //!
 //! Exit codes: 0 success, 1 a check or expectation failed, 2 bad usage or unreadable input.
 
+#![forbid(unsafe_code)]
+
 pub mod access;
 pub mod accesslog;
 pub mod bundle;

@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::decision::{Decision, Reason, Verdict};
-use crate::engine::{HttpRequest, RecordedIdentity};
+use crate::engine::RecordedIdentity;
 use crate::policy::{Mismatch, PolicyInput, Timestamp};
+use crate::request::HttpRequest;
 use crate::request::RequestTarget;
 use crate::token::VerifiedToken;
 

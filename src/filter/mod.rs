@@ -5,6 +5,8 @@
 //! [`Engine`]. An HTTP context authorizes its request in `on_http_request_headers`. Host results
 //! are never unwrapped: a failing host call denies the request (fail closed).
 
+#![forbid(unsafe_code)]
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -17,7 +19,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use crate::audit::{AuditRecord, KeyFetchRecord, LoadRecord};
 use crate::config::BundleConfig;
 use crate::decision::Reason;
-use crate::engine::{Engine, HttpRequest, Outcome};
+use crate::engine::{Engine, Outcome};
+use crate::request::HttpRequest;
 use crate::token::remote::FetchOutcome;
 use crate::token::shared::{SharedFetches, SharedStore, SharedTokens};
 
@@ -28,10 +31,11 @@ use metrics::Metrics;
 use request::OwnedRequest;
 use signature::EnvoySignatures;
 
-proxy_wasm::main! {{
+/// What the SDK's entry point (`entry.rs`) installs: the log level and the root context.
+pub(crate) fn start() {
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
+}
 
 fn log(level: LogLevel, message: &str) {
     // Logging is best effort; there is nothing better to do if the host refuses it.

@@ -1,7 +1,7 @@
 //! A request's headers copied out of the host, so a request can be decided later (after waiting
 //! for keys) as well as now.
 
-use crate::engine::HttpRequest;
+use crate::request::HttpRequest;
 
 /// The parts of a request meshward reads, owned.
 pub struct OwnedRequest {

@@ -10,6 +10,8 @@
 //! the rules that could match the request, however many the bundle has. A request without a token
 //! looks only at the rules that need none; templates shared by several rules are matched once.
 
+#![forbid(unsafe_code)]
+
 pub mod pattern;
 pub mod registry;
 mod rule;

@@ -6,6 +6,8 @@
 //! claims are then checked by `jwt-simple`, with a key whose algorithm comes from configuration, never
 //! from the token.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod claims;
 pub mod hostcrypto;

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::decision::Reason;
-use crate::engine::HttpRequest;
+use crate::request::HttpRequest;
 use crate::token::scheme_token;
 
 /// One place to look for the token, as configured: exactly one of `header`, `query`, `cookie`.

@@ -46,7 +46,8 @@ pub fn decide_corpus(bundle: &str, corpus: &str) -> Result<usize, String> {
                 }
             }
         }
-        let request = HttpRequest::recorded(text("method"), text("authority"), text("path"), &headers, text("peer"));
+        let request =
+            HttpRequest::recorded(text("method"), text("authority"), text("path"), &headers, text("peer"));
         let d = engine.authorize(&request, time).decision;
         let got = [d.verdict().word(), d.reason.code(), d.rule_label()];
         for (field, got) in ["expect", "expect_reason", "expect_rule"].into_iter().zip(got) {

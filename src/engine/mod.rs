@@ -1,66 +1,22 @@
 //! One request from headers to decision: request checks, token verification (with the verified-token
 //! cache and revocation lists), policy.
 
-use std::cell::RefCell;
+#![forbid(unsafe_code)]
+
+mod compile;
+
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
 
-use crate::audit::AuditSampler;
 use crate::config::{Revoked, Settings};
 use crate::decision::{Decision, Reason};
 use crate::policy::{Evaluation, Mode, Policy, PolicyInput};
-use crate::request::RequestTarget;
+use crate::request::{HttpRequest, RequestTarget};
 use crate::token::cache::{CacheStats, TokenCache};
 use crate::token::shared::{CacheKeyer, SharedTokens};
 use crate::token::source::{find_token, TokenSource};
 use crate::token::{Issuers, VerifiedToken};
-
-/// What the plugin reads from a request. Borrowed from the host's header map.
-#[derive(Clone, Debug, Default)]
-pub struct HttpRequest<'a> {
-    /// `:method`.
-    pub method: Option<&'a str>,
-    /// `:authority` (or `Host`).
-    pub authority: Option<&'a str>,
-    /// `:path`, with query.
-    pub path: Option<&'a str>,
-    /// Every `Authorization` header value, in order.
-    pub authorization: Vec<&'a str>,
-    /// All request headers (lower-case names), for header conditions.
-    pub headers: Vec<(&'a str, &'a str)>,
-    /// The mTLS peer's identity (URI SAN of its certificate), if any.
-    pub peer: Option<&'a str>,
-    /// The hex SHA-256 of the mTLS peer's certificate, if any (for certificate-bound tokens).
-    pub peer_certificate_sha256: Option<&'a str>,
-}
-
-impl<'a> HttpRequest<'a> {
-    /// A request from recorded parts (replay's records, audit records, the wasm corpus test), built
-    /// as the filter builds one from the host's header map: `headers` have lower-case names, a
-    /// header sent several times appears once per value, and the `authorization` values are taken
-    /// from them.
-    pub fn recorded(
-        method: Option<&'a str>,
-        authority: Option<&'a str>,
-        path: Option<&'a str>,
-        headers: &'a [(String, String)],
-        peer: Option<&'a str>,
-    ) -> Self {
-        HttpRequest {
-            method,
-            authority,
-            path,
-            authorization: headers
-                .iter()
-                .filter(|(name, _)| name == "authorization")
-                .map(|(_, value)| value.as_str())
-                .collect(),
-            headers: headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
-            peer,
-            peer_certificate_sha256: None,
-        }
-    }
-}
 
 /// An identity verified when the request was made, as the plugin's audit record carries it: no
 /// token to verify again, and neither claims nor the token's issue time.
@@ -472,4 +428,38 @@ pub struct DenyResponse {
     pub headers: Vec<(String, String)>,
     /// JSON body.
     pub body: String,
+}
+
+/// Decides which decisions are written. Denials, dry-run disagreements, break-glass decisions and
+/// write-like methods always are; plain reads that were allowed are sampled at `allow_sample_rate`
+/// (deterministically: exactly that share of them, spread evenly).
+#[derive(Debug)]
+pub struct AuditSampler {
+    rate: f64,
+    credit: Cell<f64>,
+}
+
+impl AuditSampler {
+    /// A sampler keeping `rate` (0.0 to 1.0) of plain allows.
+    pub fn new(rate: f64) -> Self {
+        AuditSampler { rate: rate.clamp(0.0, 1.0), credit: Cell::new(0.0) }
+    }
+
+    /// Whether to write the record of this outcome.
+    pub fn keep(&self, outcome: &Outcome) -> bool {
+        let d = &outcome.decision;
+        let read =
+            outcome.target.as_ref().is_some_and(|t| matches!(t.method.as_str(), "GET" | "HEAD" | "OPTIONS"));
+        if !d.allowed || d.break_glass || outcome.dry_run.is_some() || outcome.mode == Mode::DryRun || !read {
+            return true;
+        }
+        let credit = self.credit.get() + self.rate;
+        if credit >= 1.0 {
+            self.credit.set(credit - 1.0);
+            true
+        } else {
+            self.credit.set(credit);
+            false
+        }
+    }
 }
