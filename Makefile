@@ -164,6 +164,7 @@ fuzz:
 	cargo +nightly fuzz run token_verify -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -dict=fuzz/dict/token_verify.dict
 	cargo +nightly fuzz run config_parse fuzz/corpus/config_parse policies -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -dict=fuzz/dict/config_parse.dict
 	cargo +nightly fuzz run request_target -- -max_total_time=$(FUZZ_SECONDS) -timeout=10
+	cargo +nightly fuzz run policy_index -- -max_total_time=$(FUZZ_SECONDS) -timeout=10
 
 # The checked-in example Envoy config is rendered from the example bundle (tests/examples.rs checks it).
 envoy-config: cli

@@ -86,6 +86,12 @@ impl Policy {
         let mut tokenless_filings = Vec::new();
         let mut unnumbered = false;
         let mut templates: HashMap<&PathTemplate, u32> = HashMap::default();
+        let mut anchor_counts: HashMap<Anchor<'_>, usize> = HashMap::default();
+        for route in rules.iter().flat_map(Rule::routes) {
+            for anchor in Anchor::options(&route.path) {
+                *anchor_counts.entry(anchor).or_insert(0) += 1;
+            }
+        }
         let mut condition_headers = HashSet::new();
         for (r, rule) in rules.iter().enumerate() {
             condition_headers.extend(rule.header_names().map(str::to_owned));
@@ -104,7 +110,7 @@ impl Policy {
                 let template = *templates.entry(&route.path).or_insert(next);
                 let entry = Entry { rule: rule_no, route: route_id, template };
                 let prefix: Vec<&str> = route.path.literal_prefix().collect();
-                let anchor = Anchor::of(&route.path);
+                let anchor = Anchor::rarest(&Anchor::options(&route.path), &anchor_counts);
                 let methods: Vec<Option<&str>> = match &route.methods {
                     None => vec![None],
                     Some(list) => list.iter().map(|m| Some(m.as_str())).collect(),
@@ -305,7 +311,7 @@ struct Filing<'r> {
 }
 
 /// A literal segment after a template's literal prefix that every path it matches has.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Anchor<'r> {
     None,
     /// The segment this far from the end (1: the last segment).
@@ -315,7 +321,9 @@ enum Anchor<'r> {
 }
 
 impl<'r> Anchor<'r> {
-    fn of(template: &'r PathTemplate) -> Self {
+    /// Every anchor a template could be filed under: its literal segments after the prefix, at
+    /// their distance from the end when that is fixed, else anywhere.
+    fn options(template: &'r PathTemplate) -> Vec<Self> {
         let literal = |s: &'r Segment| match s {
             Segment::Literal(l) if !l.is_empty() => Some(l.as_str()),
             _ => None,
@@ -326,13 +334,17 @@ impl<'r> Anchor<'r> {
         // After the last `**` the template has a fixed length: a literal there sits at a fixed
         // distance from the end of any path it matches.
         let last_many = rest.iter().rposition(|s| matches!(s, Segment::Many(_)));
-        let tail = rest.get(last_many.map_or(0, |i| i + 1)..).unwrap_or_default();
-        if let Some((from_end, l)) =
-            tail.iter().rev().enumerate().find_map(|(k, s)| Some((k + 1, literal(s)?)))
-        {
-            return Anchor::FromEnd(from_end, l);
-        }
-        rest.iter().find_map(literal).map_or(Anchor::None, Anchor::Inner)
+        let (before, tail) = rest.split_at(last_many.map_or(0, |i| i + 1).min(rest.len()));
+        let from_end =
+            tail.iter().rev().enumerate().filter_map(|(k, s)| Some(Anchor::FromEnd(k + 1, literal(s)?)));
+        from_end.chain(before.iter().filter_map(literal).map(Anchor::Inner)).collect()
+    }
+
+    /// The option the fewest routes share (`counts`: how many routes have each option), so that
+    /// a literal common to many templates (`/v2/.../manifests/...`) does not gather them all.
+    fn rarest(options: &[Self], counts: &HashMap<Self, usize>) -> Self {
+        let cost = |a: &Self| (counts.get(a).copied().unwrap_or(0), matches!(a, Anchor::Inner(_)));
+        options.iter().copied().min_by_key(cost).unwrap_or(Anchor::None)
     }
 }
 
