@@ -6,6 +6,9 @@
 use jwt_simple::prelude::*;
 use serde_json::{json, Map, Value};
 
+use std::path::{Path, PathBuf};
+
+use super::Failure;
 use crate::token::Algorithm;
 
 /// The demo signing key's scalar. Public on purpose: it only ever signs demo tokens.
@@ -240,4 +243,138 @@ impl SigningKey {
 /// A JWK Set holding the public halves of the given keys.
 pub fn jwks(keys: &[&SigningKey]) -> Value {
     json!({ "keys": keys.iter().map(|k| k.public_jwk()).collect::<Vec<_>>() })
+}
+
+// The `meshward dev` command.
+
+/// The algorithms `dev keygen` makes keys for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum KeyAlg {
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+    #[value(name = "EdDSA")]
+    EdDsa,
+    #[value(name = "PS256")]
+    Ps256,
+    #[value(name = "ES384")]
+    Es384,
+}
+
+/// `meshward dev`: development helpers.
+#[derive(clap::Subcommand)]
+pub enum DevCommand {
+    /// Turn test cases into request records with freshly minted tokens (JSON lines on stdout).
+    Corpus(super::corpus::CorpusArgs),
+    /// Generate a signing key (private; written as a JSON key file).
+    Keygen {
+        #[arg(long, value_enum, default_value = "ES256")]
+        alg: KeyAlg,
+        #[arg(long)]
+        kid: String,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the JWK Set (public keys) of key files, or of the public demo key.
+    Jwks {
+        /// Key files written by `dev keygen`.
+        keys: Vec<PathBuf>,
+        /// Include the well-known demo key with this kid.
+        #[arg(long)]
+        demo: Option<String>,
+    },
+    /// Mint a signed test token on stdout.
+    Token {
+        /// Key file written by `dev keygen`.
+        #[arg(long, conflicts_with = "demo", required_unless_present = "demo")]
+        key: Option<PathBuf>,
+        /// Sign with the well-known demo key with this kid.
+        #[arg(long)]
+        demo: Option<String>,
+        #[arg(long)]
+        iss: String,
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        aud: Vec<String>,
+        /// Lifetime in seconds (negative: already expired).
+        #[arg(long, default_value_t = 300, allow_hyphen_values = true)]
+        ttl: i64,
+        #[arg(long)]
+        jti: Option<String>,
+        /// Issue time (unix seconds); default now.
+        #[arg(long)]
+        now: Option<u64>,
+        /// Backdate the token: issued this many seconds before now (the lifetime still counts from now).
+        #[arg(long, default_value_t = 0)]
+        age: u64,
+        /// Extra claim NAME=VALUE; VALUE is JSON if it parses as JSON, else a string. Repeatable.
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+    },
+}
+
+fn unreadable(path: &Path, e: impl std::fmt::Display) -> Failure {
+    Failure::usage(format!("cannot read {}: {e}", path.display()))
+}
+
+fn read(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| unreadable(path, e))
+}
+
+fn load_key(path: &Path) -> Result<SigningKey, Failure> {
+    SigningKey::from_file(&read(path)?).map_err(|e| unreadable(path, e))
+}
+
+/// Runs `meshward dev COMMAND`.
+pub fn run(command: DevCommand, out: &mut dyn std::io::Write) -> Result<(), Failure> {
+    let fail = |e: DevError| Failure::usage(e.to_string());
+    match command {
+        DevCommand::Corpus(args) => super::corpus::run(&args, out)?,
+        DevCommand::Keygen { alg, kid, out: file_path } => {
+            let alg = match alg {
+                KeyAlg::Rs256 => Algorithm::RS256,
+                KeyAlg::Es256 => Algorithm::ES256,
+                KeyAlg::EdDsa => Algorithm::EdDSA,
+                KeyAlg::Ps256 => Algorithm::PS256,
+                KeyAlg::Es384 => Algorithm::ES384,
+            };
+            let file = SigningKey::generate(alg, &kid).and_then(|k| k.to_file()).map_err(fail)?;
+            match file_path {
+                Some(path) => std::fs::write(&path, file + "\n")
+                    .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?,
+                None => writeln!(out, "{file}")?,
+            }
+        }
+        DevCommand::Jwks { keys, demo } => {
+            let mut loaded = keys.iter().map(|p| load_key(p)).collect::<Result<Vec<_>, _>>()?;
+            loaded.extend(demo.map(|kid| SigningKey::demo(&kid)));
+            let refs: Vec<&SigningKey> = loaded.iter().collect();
+            writeln!(out, "{}", jwks(&refs))?;
+        }
+        DevCommand::Token { key, demo, iss, sub, aud, ttl, jti, now, age, claims } => {
+            let key = match (key, demo) {
+                (Some(path), _) => load_key(&path)?,
+                (None, Some(kid)) => SigningKey::demo(&kid),
+                (None, None) => return Err(Failure::usage("give --key FILE or --demo KID")),
+            };
+            let now = now.unwrap_or_else(crate::cli::now);
+            let mut spec = TokenSpec::new(&iss, &sub, "", now, 0);
+            spec.audiences = aud;
+            spec.expires_at = Some(now.saturating_add_signed(ttl));
+            spec.token_id = jti;
+            spec.issued_at = Some(now.saturating_sub(age));
+            for claim in claims {
+                let (name, value) = claim
+                    .split_once('=')
+                    .ok_or_else(|| Failure::usage(format!("--claim {claim:?}: expected NAME=VALUE")))?;
+                let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::from(value));
+                spec.claims.insert(name.to_owned(), value);
+            }
+            writeln!(out, "{}", key.sign(&spec).map_err(fail)?)?;
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,9 @@
 //! Rendering deployable Envoy configuration from a bundle (native only).
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use super::Failure;
 
 /// Where `make wasm` writes the module that ships (relative to the repository root).
 pub const MODULE_PATH: &str = "target/meshward.wasm";
@@ -335,4 +338,232 @@ pub fn envoy_gateway_policy(
         return Err(IstioError::RoundTrip("config differs from the bundle".into()));
     }
     Ok(y)
+}
+
+// The `meshward render` command.
+
+/// `meshward render`: what to render.
+#[derive(clap::Subcommand)]
+pub enum RenderTarget {
+    /// A complete Envoy bootstrap (meshward in front of a demo backend) on stdout.
+    Envoy {
+        /// The bundle to embed (JSON; YAML when named .yaml or .yml, converted to JSON).
+        bundle: PathBuf,
+        #[arg(long, default_value_t = 8080)]
+        listen_port: u16,
+        #[arg(long, default_value_t = 8081)]
+        backend_port: u16,
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+        /// Path of meshward.wasm as Envoy sees it.
+        #[arg(long, default_value = MODULE_PATH)]
+        wasm: String,
+        /// Route allowed requests to this service (HOST:PORT) instead of the stand-in backend.
+        #[arg(long, value_name = "HOST:PORT", value_parser = parse_upstream)]
+        upstream: Option<(String, u16)>,
+        /// Leave out the access log (the audit records stay in Envoy's log).
+        #[arg(long)]
+        no_access_log: bool,
+    },
+    /// An Istio WasmPlugin or TrafficExtension (extensions.istio.io/v1alpha1) carrying the bundle, on stdout.
+    Istio {
+        /// The bundle to deploy.
+        bundle: PathBuf,
+        /// The image repository, without tag or digest: REGISTRY[:PORT]/REPOSITORY.
+        #[arg(long)]
+        image: String,
+        /// The image's manifest digest (sha256:...), as `meshward image` prints it.
+        #[arg(long)]
+        digest: String,
+        /// The WasmPlugin's namespace; the root namespace (default) without --selector is mesh-wide.
+        #[arg(long, default_value = crate::cli::istio::ROOT_NAMESPACE)]
+        namespace: String,
+        /// Limit to workloads with this label (LABEL=VALUE; repeatable).
+        #[arg(long = "selector", value_name = "LABEL=VALUE")]
+        selectors: Vec<String>,
+        /// The WasmPlugin's name.
+        #[arg(long, default_value = crate::cli::istio::DEFAULT_NAME)]
+        name: String,
+        /// A Kubernetes secret (in the same namespace) to pull the image with.
+        #[arg(long)]
+        pull_secret: Option<String>,
+        /// Deploy in dry-run mode: decisions are audited, no request is denied.
+        #[arg(long)]
+        dry_run: bool,
+        /// The selected workloads are ingress/egress gateways (match CLIENT listeners, not SERVER).
+        #[arg(long)]
+        gateway: bool,
+        /// Attach to a resource instead of selecting workloads (repeatable): Gateway/NAME (an
+        /// ingress or waypoint Gateway), Service/NAME (through its waypoint), GatewayClass/NAME,
+        /// ServiceEntry/NAME. Waypoints apply only plugins attached this way.
+        #[arg(long = "target-ref", value_name = "KIND/NAME")]
+        target_refs: Vec<String>,
+        /// WasmPlugin (every supported release) or TrafficExtension (Istio 1.30 and later).
+        #[arg(long, value_enum, default_value_t = IstioKind::WasmPlugin)]
+        kind: IstioKind,
+    },
+    /// An Envoy Gateway EnvoyExtensionPolicy (gateway.envoyproxy.io/v1alpha1), on stdout.
+    EnvoyGateway {
+        /// The bundle to deploy.
+        bundle: PathBuf,
+        /// The Gateway or HTTPRoute to attach to (repeatable): Gateway/NAME or HTTPRoute/NAME.
+        #[arg(long = "target-ref", value_name = "KIND/NAME", required = true)]
+        target_refs: Vec<String>,
+        /// The image repository, without tag or digest (with --digest).
+        #[arg(long, requires = "digest", conflicts_with = "url")]
+        image: Option<String>,
+        /// The image's manifest digest (sha256:...), as `meshward image` prints it.
+        #[arg(long, requires = "image")]
+        digest: Option<String>,
+        /// An http(s) URL of meshward.wasm (with --sha256).
+        #[arg(long, requires = "sha256", required_unless_present = "image")]
+        url: Option<String>,
+        /// The SHA-256 of meshward.wasm, 64 hex digits (`sha256sum target/meshward.wasm`).
+        #[arg(long, requires = "url")]
+        sha256: Option<String>,
+        /// The policy's namespace: that of the Gateway or HTTPRoute.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// The policy's name.
+        #[arg(long, default_value = crate::cli::istio::DEFAULT_NAME)]
+        name: String,
+        /// Deploy in dry-run mode: decisions are audited, no request is denied.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// The Istio resource kind to render.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum IstioKind {
+    #[value(name = "WasmPlugin")]
+    WasmPlugin,
+    #[value(name = "TrafficExtension")]
+    TrafficExtension,
+}
+
+/// KIND/NAME arguments as pairs.
+fn target_refs(args: Vec<String>) -> Result<Vec<(String, String)>, Failure> {
+    args.into_iter()
+        .map(|a| match a.split_once('/') {
+            Some((kind, name)) if !kind.is_empty() && !name.is_empty() => {
+                Ok((kind.to_owned(), name.to_owned()))
+            }
+            _ => Err(Failure::usage(crate::cli::istio::IstioError::TargetRef(a.clone()).to_string())),
+        })
+        .collect()
+}
+
+/// `--upstream HOST:PORT` (an IPv6 address in brackets), parsed like a request's authority.
+fn parse_upstream(text: &str) -> Result<(String, u16), String> {
+    match crate::request::split_authority(text) {
+        Ok((host, Some(port))) if port > 0 => {
+            Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+        }
+        _ => Err(format!("expected HOST:PORT, such as 127.0.0.1:5000, not {text:?}")),
+    }
+}
+
+/// Runs `meshward render TARGET`: the bundle must compile, as the plugin would refuse it otherwise.
+pub fn run(target: RenderTarget, out: &mut dyn std::io::Write) -> Result<(), Failure> {
+    match target {
+        RenderTarget::Envoy {
+            bundle,
+            listen_port,
+            backend_port,
+            admin_port,
+            wasm,
+            upstream,
+            no_access_log,
+        } => {
+            let json = super::bundle::plugin_json(&bundle)?;
+            // Valid syntax is not enough: the bundle must compile, as the plugin would refuse it.
+            super::bundle::Bundle::load(&bundle).map_err(|e| Failure::failed(e.message))?;
+            let options = EnvoyOptions {
+                listen_port,
+                backend_port,
+                admin_port,
+                wasm_path: wasm,
+                upstream,
+                access_log: !no_access_log,
+                ..Default::default()
+            };
+            write!(out, "{}", envoy_bootstrap(&json, &options))?;
+            Ok(())
+        }
+        RenderTarget::Istio {
+            bundle,
+            image,
+            digest,
+            namespace,
+            selectors,
+            name,
+            pull_secret,
+            dry_run,
+            gateway,
+            target_refs: refs,
+            kind,
+        } => {
+            let json = super::bundle::plugin_json(&bundle)?;
+            super::bundle::Bundle::load(&bundle).map_err(|e| Failure::failed(e.message))?;
+            let mut selector = Vec::new();
+            for s in selectors {
+                let (label, value) = s.split_once('=').ok_or_else(|| {
+                    Failure::usage(crate::cli::istio::IstioError::Selector(s.clone()).to_string())
+                })?;
+                selector.push((label.to_owned(), value.to_owned()));
+            }
+            let options = crate::cli::istio::WasmPluginOptions {
+                bundle_path: bundle.display().to_string(),
+                name,
+                namespace,
+                selector,
+                image,
+                digest,
+                dry_run,
+                pull_secret,
+                gateway,
+                target_refs: target_refs(refs)?,
+                kind: match kind {
+                    IstioKind::WasmPlugin => crate::cli::istio::ExtensionKind::WasmPlugin,
+                    IstioKind::TrafficExtension => crate::cli::istio::ExtensionKind::TrafficExtension,
+                },
+            };
+            let manifest =
+                crate::cli::istio::wasm_plugin(&json, &options).map_err(|e| Failure::usage(e.to_string()))?;
+            write!(out, "{manifest}")?;
+            Ok(())
+        }
+        RenderTarget::EnvoyGateway {
+            bundle,
+            target_refs: refs,
+            image,
+            digest,
+            url,
+            sha256,
+            namespace,
+            name,
+            dry_run,
+        } => {
+            let json = super::bundle::plugin_json(&bundle)?;
+            super::bundle::Bundle::load(&bundle).map_err(|e| Failure::failed(e.message))?;
+            let code = match (image, digest, url, sha256) {
+                (Some(image), Some(digest), _, _) => WasmCode::Image { image, digest },
+                (_, _, Some(url), Some(sha256)) => WasmCode::Http { url, sha256 },
+                _ => return Err(Failure::usage("give --image and --digest, or --url and --sha256")),
+            };
+            let options = EnvoyGatewayOptions {
+                bundle_path: bundle.display().to_string(),
+                name,
+                namespace,
+                target_refs: target_refs(refs)?,
+                code,
+                dry_run,
+            };
+            let manifest =
+                envoy_gateway_policy(&json, &options).map_err(|e| Failure::usage(e.to_string()))?;
+            write!(out, "{manifest}")?;
+            Ok(())
+        }
+    }
 }
