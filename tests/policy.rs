@@ -376,7 +376,7 @@ fn the_index_agrees_with_a_full_scan() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        (seed % m as u64) as usize
+        usize::try_from(seed % m as u64).unwrap()
     };
     for _ in 0..300 {
         n += 1;
@@ -668,7 +668,7 @@ mod documented_semantics {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
+            usize::try_from(self.0 % n as u64).unwrap()
         }
         fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
             items[self.below(items.len())]

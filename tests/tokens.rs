@@ -1014,7 +1014,7 @@ fn der_integer(bytes: &[u8]) -> Vec<u8> {
     if v.first().is_none_or(|&b| b & 0x80 != 0) {
         v.insert(0, 0);
     }
-    [vec![0x02, v.len() as u8], v].concat()
+    [vec![0x02, u8::try_from(v.len()).unwrap()], v].concat()
 }
 
 /// Checklist 13: An ES256 signature that is DER-encoded, or not 64 bytes.
@@ -1024,7 +1024,7 @@ fn es256_der_or_wrong_length_signatures_are_refused() {
     let raw_sig = unb64(&parts(&token).2);
     assert_eq!(raw_sig.len(), 64);
     let body = [der_integer(&raw_sig[..32]), der_integer(&raw_sig[32..])].concat();
-    let der = [vec![0x30, body.len() as u8], body].concat();
+    let der = [vec![0x30, u8::try_from(body.len()).unwrap()], body].concat();
     assert_eq!(rejected(&with_signature(&token, &der)), Reason::TokenSignatureInvalid, "DER");
     for (what, signature) in [
         ("63 bytes", raw_sig[..63].to_vec()),
@@ -1061,7 +1061,7 @@ fn ed25519_bad_signatures_are_refused() {
     let mut carry = 0u16;
     for i in 0..32 {
         let sum = u16::from(malleated[32 + i]) + u16::from(L[i]) + carry;
-        malleated[32 + i] = sum as u8;
+        malleated[32 + i] = (sum & 0xff) as u8;
         carry = sum >> 8;
     }
     assert_eq!(carry, 0);

@@ -100,7 +100,8 @@ fn push_varint(out: &mut Vec<u8>, mut value: u64) {
         out.push((value & 0x7f) as u8 | 0x80);
         value >>= 7;
     }
-    out.push(value as u8);
+    // Below 0x80 here: the mask changes nothing and shows the cast cannot truncate.
+    out.push((value & 0x7f) as u8);
 }
 
 fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
