@@ -5,7 +5,7 @@
 //! repository), and requests just outside each bound: another method, a sibling path, another
 //! repository, another host, a subject of another trust domain, a time outside the rule's window,
 //! and a token missing each claim the rule requires. Each is decided under both bundles by the
-//! policy the plugin runs ([`Policy::evaluate`](crate::policy::Policy::evaluate), on the
+//! engine's own steps ([`Engine::authorize_verified`](crate::Engine::authorize_verified), on the
 //! synthesized identity, as replay does for audit records), and the differences are grouped by
 //! (old decision -> new decision) with one concrete example each.
 
@@ -21,8 +21,8 @@ use super::{json_line, now, rfc3339, Failure, Format};
 use crate::decision::Decision;
 use crate::decision::Verdict;
 use crate::policy::registry::routes;
-use crate::policy::{ConditionConfig, PathConfig, PolicyInput, RuleConfig};
-use crate::request::RequestTarget;
+use crate::policy::{ConditionConfig, PathConfig, RuleConfig};
+use crate::request::HttpRequest;
 use crate::token::VerifiedToken;
 
 /// One synthesized request and its caller.
@@ -336,12 +336,8 @@ pub fn probes(old: &Bundle, new: &Bundle, at: u64) -> Vec<Probe> {
     all
 }
 
-/// Decides a probe with a bundle's policy, on the synthesized identity.
+/// Decides a probe through the bundle's engine (the plugin's steps), on the synthesized identity.
 pub fn decide(bundle: &Bundle, probe: &Probe) -> Decision {
-    let target = match RequestTarget::new(Some(&probe.method), Some(&probe.host), Some(&probe.path)) {
-        Ok(t) => t,
-        Err(reason) => return Decision::deny(reason),
-    };
     let token = match (&probe.subject, &probe.issuer) {
         (Some(subject), Some(name)) => {
             let Some(issuer) = bundle.engine.issuers().get(name) else {
@@ -360,15 +356,14 @@ pub fn decide(bundle: &Bundle, probe: &Probe) -> Decision {
         }
         _ => None,
     };
-    let headers: Vec<(&str, &str)> = probe.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let input = PolicyInput {
-        target: &target,
-        headers: &headers,
-        token: token.as_ref(),
-        peer: probe.peer.as_deref(),
-        now: probe.time,
-    };
-    bundle.engine.policy().evaluate(&input).decision
+    let request = HttpRequest::recorded(
+        Some(&probe.method),
+        Some(&probe.host),
+        Some(&probe.path),
+        &probe.headers,
+        probe.peer.as_deref(),
+    );
+    bundle.engine.authorize_verified(&request, token, probe.time).decision
 }
 
 /// `allow by RULE`, `deny by RULE`, `deny (no rule)`.

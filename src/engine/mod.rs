@@ -248,6 +248,24 @@ impl Engine {
         self.decide(request, target, (identity, None), presented, now)
     }
 
+    /// Decides a request for an identity established elsewhere (`diff --synthesize` makes one up
+    /// for each probe): the same steps as [`Engine::authorize_identity`] (request checks,
+    /// revocation, policy, the final decision), with the identity's claims.
+    pub fn authorize_verified(
+        &self,
+        request: &HttpRequest<'_>,
+        identity: Option<VerifiedToken>,
+        now: u64,
+    ) -> Outcome {
+        let target = match self.request_checks(request) {
+            Ok(t) => t,
+            Err(rejected) => return *rejected,
+        };
+        let identity = identity.map(Rc::new);
+        let presented = identity.as_deref().map(|token| self.check_revocation(token));
+        self.decide(request, target, (identity, None), presented, now)
+    }
+
     /// The request's method, authority and path, checked and normalized.
     pub fn check_request(&self, request: &HttpRequest<'_>) -> Result<RequestTarget, Reason> {
         RequestTarget::new(request.method, request.authority, request.path)
