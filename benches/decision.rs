@@ -29,7 +29,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode};
+use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, SamplingMode};
+use meshward::audit::AuditRecord;
 use meshward::cli::dev::{jwks, SigningKey, TokenSpec};
 use meshward::policy::PolicyInput;
 use meshward::request::RequestTarget;
@@ -443,4 +444,55 @@ criterion_group! {
         .measurement_time(Duration::from_secs(3));
     targets = benches
 }
-criterion_main!(decision);
+/// `MESHWARD_HOT_ITERATIONS=N` skips Criterion and runs `hot_iteration` (the `cached-EdDSA`
+/// request) N times, for the README's instruction-count breakdown under
+/// `valgrind --tool=callgrind --toggle-collect='*hot_iteration*'`.
+fn main() {
+    if let Ok(iterations) = std::env::var("MESHWARD_HOT_ITERATIONS") {
+        hot_only(iterations.parse().expect("MESHWARD_HOT_ITERATIONS is a count"));
+        return;
+    }
+    decision();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+fn hot_only(iterations: usize) {
+    const RULES: usize = 100;
+    let keys = Keys::generate();
+    let cached = compile(&bundle_json(&keys, RULES));
+    let authorization = format!("Bearer {}", keys.token(Algorithm::EdDSA));
+    let request = http_request(&authorization);
+    assert_eq!(check_allowed(&cached, &request, RULES), Some(false), "first use: a miss");
+    assert_eq!(check_allowed(&cached, &request, RULES), Some(true), "second use: a hit");
+    for _ in 0..iterations {
+        hot_iteration(&cached, &request);
+    }
+}
+
+/// One cached request as the filter handles it natively (src/filter/mod.rs `act`): decide, audit
+/// (the default samples every allowed read), then the upstream identity headers. Each step is a
+/// separate non-inlined function so callgrind's inclusive costs split them.
+#[inline(never)]
+fn hot_iteration(engine: &Engine, request: &HttpRequest<'_>) {
+    let outcome = hot_authorize(engine, request);
+    assert!(outcome.decision.allowed && outcome.cache_hit == Some(true), "{:?}", outcome.decision);
+    black_box(hot_audit(engine, request, &outcome));
+    black_box(hot_upstream_headers(engine, &outcome));
+}
+
+#[inline(never)]
+fn hot_authorize(engine: &Engine, request: &HttpRequest<'_>) -> meshward::Outcome {
+    engine.authorize(black_box(request), black_box(NOW))
+}
+
+#[inline(never)]
+fn hot_audit(engine: &Engine, request: &HttpRequest<'_>, outcome: &meshward::Outcome) -> Option<String> {
+    engine
+        .should_audit(outcome)
+        .then(|| AuditRecord::new(&engine.name, request, outcome, NOW, Some("request-id")).to_json())
+}
+
+#[inline(never)]
+fn hot_upstream_headers(engine: &Engine, outcome: &meshward::Outcome) -> usize {
+    engine.upstream_headers(outcome.identity.as_deref()).len()
+}
