@@ -236,16 +236,8 @@ impl Engine {
         identity: Option<RecordedIdentity<'_>>,
         now: u64,
     ) -> Outcome {
-        let target = match self.request_checks(request) {
-            Ok(t) => t,
-            Err(rejected) => return *rejected,
-        };
-        let identity = match identity.map(|recorded| self.recorded_identity(recorded)).transpose() {
-            Ok(identity) => identity,
-            Err(reason) => return Outcome::rejected(reason, Some(target), self.mode),
-        };
-        let presented = identity.as_deref().map(|token| self.check_revocation(token));
-        self.decide(request, target, (identity, None), presented, now)
+        let identity = identity.map(|recorded| self.recorded_identity(recorded)).transpose();
+        self.authorize_established(request, identity, now)
     }
 
     /// Decides a request for an identity established elsewhere (`diff --synthesize` makes one up
@@ -257,11 +249,26 @@ impl Engine {
         identity: Option<VerifiedToken>,
         now: u64,
     ) -> Outcome {
+        self.authorize_established(request, Ok(identity.map(Rc::new)), now)
+    }
+
+    /// The steps after authentication for an identity not verified here: request checks first
+    /// (so a malformed request is refused as such), then the identity's own refusal if any,
+    /// revocation, policy and the final decision.
+    fn authorize_established(
+        &self,
+        request: &HttpRequest<'_>,
+        identity: Result<Option<Rc<VerifiedToken>>, Reason>,
+        now: u64,
+    ) -> Outcome {
         let target = match self.request_checks(request) {
             Ok(t) => t,
             Err(rejected) => return *rejected,
         };
-        let identity = identity.map(Rc::new);
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(reason) => return Outcome::rejected(reason, Some(target), self.mode),
+        };
         let presented = identity.as_deref().map(|token| self.check_revocation(token));
         self.decide(request, target, (identity, None), presented, now)
     }
