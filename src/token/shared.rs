@@ -110,7 +110,9 @@ fn siphash24_128(k0: u64, k1: u64, data: &[u8]) -> [u8; 16] {
     }
     let mut chunks = data.chunks_exact(8);
     for chunk in &mut chunks {
-        let m = chunk.iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let m = u64::from_le_bytes(word);
         v[3] ^= m;
         round(&mut v);
         round(&mut v);
