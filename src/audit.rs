@@ -118,8 +118,13 @@ impl<'a> AuditRecord<'a> {
     /// The record as one JSON line.
     pub fn to_json(&self) -> String {
         // Serializing these plain fields cannot fail; fall back to a minimal record regardless.
-        serde_json::to_string(self)
-            .unwrap_or_else(|_| format!("{{\"type\":\"decision\",\"reason\":\"{}\"}}", self.reason))
+        // Room for a typical record up front: growing the buffer field by field cost more than the
+        // escaping (callgrind, README "Per-request cost of the hot path").
+        let mut json = Vec::with_capacity(512);
+        match serde_json::to_writer(&mut json, self).map(|()| String::from_utf8(json)) {
+            Ok(Ok(json)) => json,
+            _ => format!("{{\"type\":\"decision\",\"reason\":\"{}\"}}", self.reason),
+        }
     }
 }
 

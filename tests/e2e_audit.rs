@@ -216,3 +216,58 @@ fn audit_trail_access_log_and_metrics_account_for_every_request() {
     assert_eq!(envoy.prometheus_value("meshward_token_cache_misses_total{}"), 4);
     assert_eq!(envoy.prometheus_value("meshward_token_cache_hits_total{}"), 12 + 2);
 }
+
+/// Decision records go to Envoy's log at `info`. With the plugin's logger above that (`warning` is
+/// Envoy's and Istio's default) they would be dropped, so none is built; lowered to `info` at run
+/// time, records appear within a second. The access-log copy (`audit_filter_state`) is written
+/// whatever the level.
+#[test]
+fn decision_records_follow_envoys_log_level_at_run_time() {
+    let key = SigningKey::generate(Algorithm::EdDSA, "k1").unwrap();
+    let bundle = json!({
+        "name": "audit-level",
+        "issuers": [{"name": "mesh", "issuer": "https://mesh.test", "audiences": ["api"], "algorithms": ["EdDSA"], "jwks": jwks(&[&key])}],
+        "settings": {"audit_filter_state": true},
+        "rules": [{"id": "read", "hosts": ["*"], "methods": ["GET"], "paths": [{"prefix": "/"}], "subjects": ["spiffe://t/**"]}],
+    });
+    let envoy = Envoy::start(&bundle.to_string());
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let token = format!("Bearer {}", key.sign(&TokenSpec::new("https://mesh.test", "spiffe://t/a", "api", now, 300)).unwrap());
+    let set_level = |level: &str| {
+        let r = support::http(envoy.admin_port, "POST", &format!("/logging?wasm={level}"), &[]).unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    };
+    let send = |path: &str| {
+        let r = envoy.request("GET", path, &[("Authorization", &token)]);
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    };
+    let logged_paths = || -> Vec<String> {
+        envoy.audit_records().iter().filter_map(|r| r["path"].as_str().map(str::to_owned)).collect()
+    };
+
+    set_level("warning");
+    for i in 0..3 {
+        send(&format!("/quiet/{i}"));
+    }
+    // The access log has a record for each of them ...
+    let access_records = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["meshward"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let log = envoy.wait_for_log(|log| access_records(log).len() >= 3);
+    let quiet = access_records(&log);
+    assert_eq!(quiet.len(), 3, "{log}");
+    assert!(quiet.iter().all(|r| r.contains("\"decision\":\"allow\"") && r.contains("/quiet/")), "{quiet:?}");
+    // ... and Envoy's log none (the level drops them).
+    assert!(logged_paths().is_empty(), "{:?}", logged_paths());
+
+    set_level("info");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for i in 0..3 {
+        send(&format!("/loud/{i}"));
+    }
+    envoy.wait_for_log(|_| logged_paths().len() >= 3);
+    assert_eq!(logged_paths(), ["/loud/0", "/loud/1", "/loud/2"]);
+}
