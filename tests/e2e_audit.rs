@@ -204,6 +204,7 @@ fn audit_trail_access_log_and_metrics_account_for_every_request() {
         };
         *expected.entry(key).or_insert(0u64) += 1;
     }
+    envoy.settle_counters(burst.len() as u64);
     for ((outcome, reason), count) in expected {
         let series = format!("meshward_decisions_total{{outcome=\"{outcome}\",reason=\"{reason}\"}}");
         assert_eq!(envoy.prometheus_value(&series), count, "{series}");

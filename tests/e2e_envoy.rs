@@ -235,6 +235,7 @@ fn envoy_enforces_the_policy() {
         let key = (r["decision"].as_str().unwrap().to_string(), r["reason"].as_str().unwrap().to_string());
         *by_reason.entry(key).or_default() += 1;
     }
+    envoy.settle_counters(records.len() as u64);
     for ((outcome, reason), count) in &by_reason {
         let series = format!("meshward_decisions_total{{outcome=\"{outcome}\",reason=\"{reason}\"}}");
         assert_eq!(envoy.prometheus_value(&series), *count, "{series}");

@@ -134,6 +134,7 @@ fn k_tokens_k_verifications(envoy: &Envoy, key: &SigningKey) {
         assert!(thread.join().unwrap().iter().all(|&s| s == 200));
     }
     let requests = (TOKENS + REQUESTS_PER_TOKEN * TOKENS) as u64;
+    envoy.settle_counters(requests);
     assert_eq!(
         envoy.prometheus_value("meshward_decisions_total{outcome=\"allow\",reason=\"allowed\"}"),
         requests

@@ -388,6 +388,16 @@ class Envoy:
             raise BenchError(f"{self.name}: no stats {missing}")
         return [int(values[n]) for n in names]
 
+    def settled_counters(self, names: tuple[str, ...], before: list[int], requests: int) -> list[int]:
+        """`counters` once they account for `requests` more (or after 3 s): meshward hands its
+        per-request counters to Envoy at most once a second."""
+        deadline = time.monotonic() + 3
+        while True:
+            after = self.counters(names)
+            if sum(after) - sum(before) >= requests or time.monotonic() > deadline:
+                return after
+            time.sleep(0.1)
+
     def cpu_ticks(self) -> int:
         """utime + stime of the whole process (fields 14 and 15 of /proc/PID/stat), in clock ticks."""
         stat = Path(f"/proc/{self.process.pid}/stat").read_text()
@@ -697,7 +707,8 @@ def main() -> int:
                     cpu_s = (envoy.cpu_ticks() - ticks) / os.sysconf("SC_CLK_TCK")
                     core, cpu_us = cpu_s / (time.monotonic() - started), cpu_s / requests * 1e6
                     if setup.cache_stats:
-                        check_cache(setup, cache_before, envoy.counters(setup.cache_stats), requests)
+                        check_cache(setup, cache_before, envoy.settled_counters(setup.cache_stats, cache_before,
+                                                                                 requests), requests)
                     if round_number > 1:
                         setup.rps.append(rps)
                         setup.cpu_us.append(cpu_us)

@@ -1,6 +1,13 @@
 //! Envoy stats through proxy-wasm's metric API. Envoy shows them under `wasmcustom.`; the rendered
 //! bootstrap's `stats_tags` turn the `outcome`/`reason` name segments into Prometheus labels.
+//!
+//! Per-request counters are added up in the VM and handed to the host at most once a second (the
+//! first request a second after the last hand-over, or the root context's timer, which runs every
+//! second): two host calls per request were a measurable part of the hot path (README, "Per-request
+//! cost of the hot path"). So a counter may show up to about a second late, never wrong; Envoy's
+//! own stats sinks flush every 5 s by default.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use proxy_wasm::hostcalls;
@@ -21,7 +28,11 @@ pub struct Metrics {
     key_set_ages: std::cell::RefCell<HashMap<String, u32>>,
     vm_memory: Option<u32>,
     /// The memory size this VM last reported.
-    vm_memory_seen: std::cell::Cell<u64>,
+    vm_memory_seen: Cell<u64>,
+    /// Per-request counts not yet handed to the host: (metric id, count), a handful of ids.
+    pending: RefCell<Vec<(u32, i64)>>,
+    /// When the pending counts were last handed over (unix ms).
+    flushed_ms: Cell<u64>,
 }
 
 fn counter(name: &str) -> Option<u32> {
@@ -57,7 +68,9 @@ impl Metrics {
                 .collect(),
             key_set_ages: Default::default(),
             vm_memory: hostcalls::define_metric(MetricType::Gauge, "meshward.vm_memory_bytes").ok(),
-            vm_memory_seen: std::cell::Cell::new(0),
+            vm_memory_seen: Cell::new(0),
+            pending: RefCell::new(Vec::new()),
+            flushed_ms: Cell::new(0),
         }
     }
 
@@ -77,10 +90,35 @@ impl Metrics {
         }
     }
 
-    /// Counts full token verifications (a host call only when there were any: none on a cache hit).
+    /// Counts full token verifications (none on a cache hit).
     pub fn verifications(&self, count: u64) {
         if count > 0 {
-            add(self.verifications, i64::try_from(count).unwrap_or(i64::MAX));
+            self.count(self.verifications, i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Adds to a per-request counter, handed to the host by [`Metrics::flush`].
+    fn count(&self, id: Option<u32>, n: i64) {
+        let (Some(id), Ok(mut pending)) = (id, self.pending.try_borrow_mut()) else { return };
+        match pending.iter_mut().find(|(pending_id, _)| *pending_id == id) {
+            Some((_, total)) => *total = total.saturating_add(n),
+            None => pending.push((id, n)),
+        }
+    }
+
+    /// Hands the pending counts to the host if the last hand-over is a second old.
+    pub fn flush_if_due(&self, now_ms: u64) {
+        if now_ms.saturating_sub(self.flushed_ms.get()) >= 1000 {
+            self.flush(now_ms);
+        }
+    }
+
+    /// Hands the pending counts to the host.
+    pub fn flush(&self, now_ms: u64) {
+        self.flushed_ms.set(now_ms);
+        let Ok(mut pending) = self.pending.try_borrow_mut() else { return };
+        for (id, n) in pending.drain(..) {
+            add(Some(id), n);
         }
     }
 
@@ -119,16 +157,16 @@ impl Metrics {
     /// Counts one decision.
     pub fn record(&self, outcome: &Outcome) {
         let key = (outcome.decision.allowed, outcome.decision.reason);
-        add(self.decisions.get(&key).copied(), 1);
+        self.count(self.decisions.get(&key).copied(), 1);
         if outcome.dry_run.is_some() {
-            add(self.dry_run_disagreements, 1);
+            self.count(self.dry_run_disagreements, 1);
         }
         if outcome.decision.break_glass {
-            add(self.break_glass, 1);
+            self.count(self.break_glass, 1);
         }
         match outcome.cache_hit {
-            Some(true) => add(self.cache_hits, 1),
-            Some(false) => add(self.cache_misses, 1),
+            Some(true) => self.count(self.cache_hits, 1),
+            Some(false) => self.count(self.cache_misses, 1),
             None => {}
         }
     }

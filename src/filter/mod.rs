@@ -120,6 +120,14 @@ struct Root {
 }
 
 impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        // The plugin is going away (a new configuration, or Envoy stopping): hand over the counts.
+        if let Some(metrics) = &self.metrics {
+            metrics.flush(now_millis().unwrap_or(0));
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -210,10 +218,10 @@ impl RootContext for Root {
                 self.engine = Some(Rc::new(engine));
                 let metrics = self.metrics.get_or_insert_with(|| Rc::new(Metrics::define()));
                 metrics.memory(memory_bytes());
-                if remote {
-                    // Fetches are dispatched from the timer; the first tick comes at once.
-                    let _ = hostcalls::set_tick_period(Duration::from_millis(250));
-                }
+                // The timer dispatches key fetches (the first tick comes at once) and hands counters
+                // over on idle VMs (see metrics.rs).
+                let period = if remote { 250 } else { 1000 };
+                let _ = hostcalls::set_tick_period(Duration::from_millis(period));
                 true
             }
             Err(e) => {
@@ -226,6 +234,9 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if let (Some(metrics), Some(now_ms)) = (&self.metrics, now_millis()) {
+            metrics.flush(now_ms);
+        }
         let Some(engine) = self.engine.clone() else { return };
         let now = now_secs().unwrap_or(0);
         self.adopt_deferred(&engine, now);
@@ -487,6 +498,7 @@ fn act(
     if let Some(metrics) = metrics {
         metrics.record(outcome);
         metrics.verifications(engine.take_verifications());
+        metrics.flush_if_due(now_ms);
         // Caches grow with traffic: keep the memory gauge current (a host call only on growth).
         metrics.memory(memory_bytes());
     }

@@ -317,6 +317,20 @@ impl Envoy {
     }
 
     /// The value of one counter or gauge from the admin `/stats` text (`name: value`), if present.
+    /// Waits (up to 5 s) until meshward's decision counters add up to `decisions`. The plugin hands
+    /// per-request counters to Envoy at most once a second, all of a VM's at once: when the decisions
+    /// are all there, so are the other per-request counters.
+    pub fn settle_counters(&self, decisions: u64) {
+        let total = || -> u64 {
+            self.admin("/stats/prometheus")
+                .lines()
+                .filter(|l| l.starts_with("meshward_decisions_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
+        };
+        assert!(eventually(5, || total() >= decisions), "decision counters: {} of {decisions}", total());
+    }
+
     pub fn stat(&self, name: &str) -> Option<String> {
         let prefix = format!("{name}: ");
         self.admin("/stats").lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
