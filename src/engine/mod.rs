@@ -5,6 +5,7 @@
 
 mod compile;
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -403,17 +404,18 @@ impl Engine {
     /// when the token is to be removed.
     pub fn upstream_headers<'s>(
         &'s self,
-        identity: Option<&VerifiedToken>,
-    ) -> Vec<(&'s str, Option<String>)> {
+        identity: Option<&'s VerifiedToken>,
+    ) -> Vec<(&'s str, Option<Cow<'s, str>>)> {
         let s = &self.settings;
-        let mut headers = Vec::with_capacity(2 + s.claim_headers.len());
-        headers.push((s.identity_header.as_str(), identity.map(|i| i.subject.clone())));
-        headers.push((s.issuer_header.as_str(), identity.map(|i| i.issuer_name.clone())));
+        let mut headers = Vec::with_capacity(3 + s.claim_headers.len());
+        // Borrowed, not copied: these are written on every allowed request.
+        headers.push((s.identity_header.as_str(), identity.map(|i| Cow::Borrowed(i.subject.as_str()))));
+        headers.push((s.issuer_header.as_str(), identity.map(|i| Cow::Borrowed(i.issuer_name.as_str()))));
         for (header, claim) in &s.claim_headers {
             // A claim value that is not a safe header value is not forwarded (the header is removed).
             let value =
                 identity.and_then(|i| i.claim_text(claim)).filter(|v| !v.chars().any(char::is_control));
-            headers.push((header.as_str(), value));
+            headers.push((header.as_str(), value.map(Cow::Owned)));
         }
         if s.remove_token {
             headers.push(("authorization", None));

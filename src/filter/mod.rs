@@ -441,8 +441,9 @@ impl HttpContext for Stream {
             },
         );
         let now = now_ms / 1000;
+        let view = request.as_request();
         // Before the first remote key set, a request may wait for it instead of being refused.
-        let outcome = engine.authorize(&request.as_request(), now);
+        let outcome = engine.authorize(&view, now);
         if outcome.decision.reason == Reason::KeysUnavailable && engine.waiting_for_first_keys(now_ms) {
             let wait_ms = engine.issuers().iter().filter_map(|i| i.wait_for_keys_ms()).max().unwrap_or(0);
             self.shared.borrow_mut().waiting.push(Waiter {
@@ -453,7 +454,7 @@ impl HttpContext for Stream {
             return Action::Pause;
         }
         let metrics = self.metrics.as_deref();
-        act(&engine, metrics, &self.info_logged, &request.as_request(), &outcome, request.request_id(), now_ms)
+        act(&engine, metrics, &self.info_logged, &view, &outcome, request.request_id(), now_ms)
     }
 }
 

@@ -156,8 +156,9 @@ impl Policy {
         let mut enforced = Verdict::default();
         let mut with_dry_run = Verdict::default();
         let mut last_rule = None;
-        // Rules share templates (every registry rule has the same few): each is matched once.
-        let mut matches: HashMap<u32, Option<pattern::Captures<'_>>> = HashMap::default();
+        // Rules share templates (every registry rule has the same few): each is matched once. A
+        // request meets a few templates: a list searched in order costs less than hashing.
+        let mut matches: Vec<(u32, Option<pattern::Captures<'_>>)> = Vec::new();
         let no_captures = pattern::Captures::new();
         for Entry { rule: r, route, template } in candidates {
             if last_rule == Some(r) {
@@ -170,7 +171,14 @@ impl Policy {
             let matched = if path.is_prefix() || path.is_prefix_then_segment() {
                 Some(&no_captures)
             } else {
-                matches.entry(template).or_insert_with(|| path.matches(&input.target.path)).as_ref()
+                let at = match matches.iter().position(|(t, _)| *t == template) {
+                    Some(at) => at,
+                    None => {
+                        matches.push((template, path.matches(&input.target.path)));
+                        matches.len() - 1
+                    }
+                };
+                matches.get(at).and_then(|(_, captures)| captures.as_ref())
             };
             if rule.check_matched(route as usize, input, Found::Indexed, matched).is_err() {
                 continue;
@@ -396,7 +404,7 @@ impl Index {
     }
 
     fn candidates(&self, host: &str, method: &str, path: &str) -> Vec<Entry> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(16);
         let segments: Vec<&str> = pattern::path_segments(path.strip_prefix('/').unwrap_or(path)).collect();
         let mut visit = |m: &MethodIndex| {
             if let Some(trie) = find(&m.by_method, method) {
