@@ -85,12 +85,13 @@ impl TokenSource {
     /// The token this source holds, `None` when it holds none.
     fn find<'r>(&self, request: &HttpRequest<'r>) -> Result<Option<&'r str>, Reason> {
         let found = match self {
+            // Authorization values are collected once per request: read them in place.
+            TokenSource::Header { name, scheme } if name == "authorization" => {
+                scheme_token(&request.authorization, scheme.as_deref())
+            }
             TokenSource::Header { name, scheme } => {
-                let values: Vec<&str> = if name == "authorization" {
-                    request.authorization.clone()
-                } else {
-                    request.headers.iter().filter(|(h, _)| h == name).map(|(_, v)| *v).collect()
-                };
+                let values: Vec<&str> =
+                    request.headers.iter().filter(|(h, _)| h == name).map(|(_, v)| *v).collect();
                 scheme_token(&values, scheme.as_deref())
             }
             TokenSource::Query(name) => {
