@@ -233,7 +233,10 @@ fn decision_records_follow_envoys_log_level_at_run_time() {
     });
     let envoy = Envoy::start(&bundle.to_string());
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let token = format!("Bearer {}", key.sign(&TokenSpec::new("https://mesh.test", "spiffe://t/a", "api", now, 300)).unwrap());
+    let token = format!(
+        "Bearer {}",
+        key.sign(&TokenSpec::new("https://mesh.test", "spiffe://t/a", "api", now, 300)).unwrap()
+    );
     let set_level = |level: &str| {
         let r = support::http(envoy.admin_port, "POST", &format!("/logging?wasm={level}"), &[]).unwrap();
         assert_eq!(r.status, 200, "{r:?}");

@@ -281,6 +281,7 @@ impl Engine {
 
     /// The first step of every decision: the request target, and the headers policy conditions
     /// read (each at most once).
+    #[cfg_attr(feature = "measure", inline(never))]
     fn request_checks(&self, request: &HttpRequest<'_>) -> Result<RequestTarget, Box<Outcome>> {
         let target = self
             .check_request(request)
@@ -293,6 +294,7 @@ impl Engine {
 
     /// The last steps of every decision: policy on the authenticated request, unless the
     /// presentation checks refused the token, then the final answer.
+    #[cfg_attr(feature = "measure", inline(never))]
     fn decide(
         &self,
         request: &HttpRequest<'_>,
@@ -336,6 +338,7 @@ impl Engine {
 
     /// The verified identity of a token, and whether it came from the cache; a token verified now
     /// is cached until its `exp`.
+    #[cfg_attr(feature = "measure", inline(never))]
     fn identity(&self, token: &str, now: u64) -> Result<(Rc<VerifiedToken>, bool), Reason> {
         if token.len() > self.settings.max_token_bytes {
             return Err(Reason::TokenTooLarge);
@@ -382,6 +385,7 @@ impl Engine {
     }
 
     /// What is checked on every request, cached token or not: revocation and certificate binding.
+    #[cfg_attr(feature = "measure", inline(never))]
     fn check_presentation(&self, token: &VerifiedToken, request: &HttpRequest<'_>) -> Result<(), Reason> {
         self.check_revocation(token)?;
         let issuer = self.issuers.get(&token.issuer_name).ok_or(Reason::InternalError)?;

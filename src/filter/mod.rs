@@ -486,7 +486,8 @@ fn act(
         // Built only for a reader: Envoy's log at info, or the filter state for access logs.
         let logged = info_logged.at(now_ms);
         if logged || engine.audit_filter_state() {
-            let record = AuditRecord::new(&engine.name, request, outcome, now_ms / 1000, request_id).to_json();
+            let record =
+                AuditRecord::new(&engine.name, request, outcome, now_ms / 1000, request_id).to_json();
             if logged {
                 log(LogLevel::Info, &record);
             }

@@ -209,6 +209,7 @@ impl Policy {
 
     /// A request check the policy defines: a header some condition reads must arrive at most once
     /// (which copy an upstream reads is unknown).
+    #[cfg_attr(feature = "measure", inline(never))]
     pub fn repeated_condition_header(&self, headers: &[(&str, &str)]) -> Option<Reason> {
         if self.condition_headers.is_empty() {
             return None;

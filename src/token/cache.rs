@@ -45,6 +45,7 @@ impl TokenCache {
 
     /// The verified token for this digest, if cached and still usable at `now`, with the key-set
     /// generation it was verified with.
+    #[cfg_attr(feature = "measure", inline(never))]
     pub fn get(&mut self, key: &Key, now: u64) -> Option<(Rc<VerifiedToken>, u64)> {
         match self.entries.get(key) {
             Some(entry) if now <= entry.usable_until => {

@@ -136,6 +136,7 @@ fn single<'r>(mut values: impl Iterator<Item = &'r str>) -> Result<&'r str, Reas
 
 /// The request's token across all sources: `Ok(None)` when there is none, `TokenMultiple` when
 /// two sources hold different tokens.
+#[cfg_attr(feature = "measure", inline(never))]
 pub fn find_token<'r>(sources: &[TokenSource], request: &HttpRequest<'r>) -> Result<Option<&'r str>, Reason> {
     let mut found: Option<&'r str> = None;
     for source in sources {
