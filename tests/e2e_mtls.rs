@@ -451,6 +451,7 @@ fn tokens_bound_to_the_client_certificate() {
     let mismatches: Vec<_> = records.iter().filter(|r| r["reason"] == "token_certificate_mismatch").collect();
     assert_eq!(mismatches.len(), 4, "{records:#?}");
     assert!(mismatches.iter().all(|r| r["decision"] == "deny" && r["peer"].is_string()), "{mismatches:#?}");
+    mesh.server.settle_counters(records.len() as u64);
     let counter = mesh
         .server
         .stat("wasmcustom.meshward.decisions_total.outcome.deny.reason.token_certificate_mismatch");

@@ -322,10 +322,10 @@ impl Envoy {
     /// are all there, so are the other per-request counters.
     pub fn settle_counters(&self, decisions: u64) {
         let total = || -> u64 {
-            self.admin("/stats/prometheus")
+            // Envoy's own names: Prometheus labels need the rendered config's stats_tags.
+            self.admin("/stats?filter=^wasmcustom\\.meshward\\.decisions_total\\.")
                 .lines()
-                .filter(|l| l.starts_with("meshward_decisions_total{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
                 .sum()
         };
         assert!(eventually(5, || total() >= decisions), "decision counters: {} of {decisions}", total());
