@@ -10,6 +10,7 @@ pub mod decision;
 pub mod engine;
 pub mod policy;
 pub mod request;
+mod scan;
 pub mod token;
 
 #[cfg(not(target_arch = "wasm32"))]
