@@ -13,7 +13,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use meshward::policy::{Policy, Rule};
+use meshward::policy::{Policy, RouteParts, Rule};
 use meshward::token::Algorithm;
 use meshward::{BundleConfig, HttpRequest};
 
@@ -118,8 +118,14 @@ fn main() {
     let names: HashSet<String> = bundle.issuers.iter().map(|i| i.name.clone()).collect();
     let mode = bundle.mode;
     let base = live();
-    let rules: Vec<Rule> =
-        bundle.rules.iter().cloned().map(|cfg| Rule::compile(cfg, &names, mode).expect("rule")).collect();
+    let mut parts = RouteParts::default();
+    let rules: Vec<Rule> = bundle
+        .rules
+        .iter()
+        .cloned()
+        .map(|cfg| Rule::compile_sharing(cfg, &names, mode, &mut parts).expect("rule"))
+        .collect();
+    drop(parts);
     let compiled = live() - base;
     drop(bundle);
     let base = live();

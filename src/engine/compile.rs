@@ -3,7 +3,7 @@
 
 use crate::config::{BundleConfig, CompileWarning, ConfigError};
 use crate::engine::Engine;
-use crate::policy::{Policy, Rule};
+use crate::policy::{Policy, RouteParts, Rule};
 use crate::token::profile::{valid_trust_domain, Profile};
 use crate::token::{Algorithm, Issuer, IssuerSpec, Issuers};
 use std::collections::HashSet;
@@ -208,6 +208,7 @@ impl BundleConfig {
         // new buffer while it grows), and 10,000 rules are megabytes.
         let mut rules = Vec::with_capacity(self.rules.len());
         let mut ids = HashSet::with_capacity(self.rules.len());
+        let mut parts = RouteParts::default();
         for (i, cfg) in self.rules.into_iter().enumerate() {
             if !ids.insert(cfg.id.clone()) {
                 return Err(ConfigError::new(
@@ -215,7 +216,7 @@ impl BundleConfig {
                     format!("{:?} is used twice", cfg.id),
                 ));
             }
-            let rule = Rule::compile(cfg, &names, self.mode)
+            let rule = Rule::compile_sharing(cfg, &names, self.mode, &mut parts)
                 .map_err(|err| ConfigError::new(format!("rules[{i}].{}", err.field), err.message))?;
             rules.push(rule);
         }

@@ -24,8 +24,8 @@ use foldhash::HashMap;
 pub use pattern::{Glob, HostPattern, PathTemplate, Segment};
 use rule::Found;
 pub use rule::{
-    ConditionConfig, Effect, InvalidTime, Mismatch, Mode, PathConfig, RegistryConfig, Route, Rule,
-    RuleConfig, RuleError, Timestamp, MAX_ROUTES,
+    ConditionConfig, Effect, InvalidTime, Mismatch, Mode, PathConfig, RegistryConfig, Route, RouteParts,
+    Rule, RuleConfig, RuleError, Timestamp, MAX_ROUTES,
 };
 
 use crate::decision::{Decision, Reason};

@@ -1,6 +1,7 @@
 //! One rule: as written in a bundle (`RuleConfig`), and compiled (`Rule`).
 
 use std::collections::HashSet;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -427,10 +428,39 @@ pub const MAX_PATTERN_SEGMENTS: usize = 32;
 /// Methods a route covers: a list, or any (`None`).
 #[derive(Clone, Debug)]
 pub struct Route {
-    /// Exact method names; `None` for any method.
-    pub methods: Option<Vec<String>>,
-    /// The path pattern.
-    pub path: PathTemplate,
+    /// Exact method names; `None` for any method. Shared by every route with the same list.
+    pub methods: Option<Rc<[String]>>,
+    /// The path pattern. Shared by every route with an equal one.
+    pub path: Rc<PathTemplate>,
+}
+
+/// The method lists and path templates of the rules compiled so far, so that equal ones are
+/// kept once: the rules of a large bundle repeat a few of each (10,000 rules have 13,000 routes),
+/// and a copy per route was megabytes. Only needed while a bundle compiles.
+#[derive(Debug, Default)]
+pub struct RouteParts {
+    methods: HashSet<Rc<[String]>>,
+    paths: HashSet<Rc<PathTemplate>>,
+}
+
+impl RouteParts {
+    fn methods(&mut self, list: Vec<String>) -> Rc<[String]> {
+        if let Some(shared) = self.methods.get(list.as_slice()) {
+            return shared.clone();
+        }
+        let shared: Rc<[String]> = list.into();
+        self.methods.insert(shared.clone());
+        shared
+    }
+
+    fn path(&mut self, path: PathTemplate) -> Rc<PathTemplate> {
+        if let Some(shared) = self.paths.get(&path) {
+            return shared.clone();
+        }
+        let shared = Rc::new(path);
+        self.paths.insert(shared.clone());
+        shared
+    }
 }
 
 /// One compiled rule.
@@ -479,6 +509,17 @@ impl Rule {
         issuer_names: &HashSet<String>,
         default_mode: Mode,
     ) -> Result<Self, RuleError> {
+        Self::compile_sharing(cfg, issuer_names, default_mode, &mut RouteParts::default())
+    }
+
+    /// [`Rule::compile`], sharing method lists and path templates with the bundle's other rules
+    /// through `parts`.
+    pub fn compile_sharing(
+        cfg: RuleConfig,
+        issuer_names: &HashSet<String>,
+        default_mode: Mode,
+        parts: &mut RouteParts,
+    ) -> Result<Self, RuleError> {
         let e = |field: &str, message: String| RuleError { field: field.to_owned(), message };
         if cfg.id.is_empty() {
             return Err(e("id", "must not be empty".into()));
@@ -524,8 +565,8 @@ impl Rule {
                 if cfg.effect == Effect::Allow {
                     version_check = Some(routes.len());
                     routes.push(Route {
-                        methods: Some(vec!["GET".into(), "HEAD".into()]),
-                        path: PathTemplate::exact(registry::BASE).map_err(|m| e("registry", m))?,
+                        methods: Some(parts.methods(vec!["GET".into(), "HEAD".into()])),
+                        path: parts.path(PathTemplate::exact(registry::BASE).map_err(|m| e("registry", m))?),
                     });
                 }
                 let mut seen = HashSet::new();
@@ -535,8 +576,8 @@ impl Rule {
                             continue;
                         }
                         routes.push(Route {
-                            methods: Some(methods.iter().map(|m| (*m).to_owned()).collect()),
-                            path: PathTemplate::template(template).map_err(|m| e("registry", m))?,
+                            methods: Some(parts.methods(methods.iter().map(|m| (*m).to_owned()).collect())),
+                            path: parts.path(PathTemplate::template(template).map_err(|m| e("registry", m))?),
                         });
                     }
                 }
@@ -559,7 +600,7 @@ impl Rule {
                             ));
                         }
                     }
-                    Some(cfg.methods.clone())
+                    Some(parts.methods(cfg.methods.clone()))
                 };
                 for (j, p) in cfg.paths.iter().enumerate() {
                     let path = match p {
@@ -568,7 +609,7 @@ impl Rule {
                         PathConfig::Template(p) => PathTemplate::template(p),
                     }
                     .map_err(|m| e(&format!("paths[{j}]"), m))?;
-                    routes.push(Route { methods: methods.clone(), path });
+                    routes.push(Route { methods: methods.clone(), path: parts.path(path) });
                 }
             }
         }
