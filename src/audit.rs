@@ -345,7 +345,16 @@ fn write_canonical(out: &mut dyn FnMut(&str), json: &str, top: bool) -> Option<(
 impl<'a> LoadRecord<'a> {
     /// The record of an accepted or refused configuration.
     pub fn new(config: &[u8], result: Result<&'a crate::Engine, &crate::ConfigError>, time: u64) -> Self {
-        let sha256 = policy_digest(config);
+        Self::with_digest(policy_digest(config), result, time)
+    }
+
+    /// The same, given the configuration's [`policy_digest`] (so the configuration itself need not
+    /// be kept until the record is written).
+    pub fn with_digest(
+        sha256: String,
+        result: Result<&'a crate::Engine, &crate::ConfigError>,
+        time: u64,
+    ) -> Self {
         match result {
             Ok(engine) => LoadRecord {
                 kind: "policy_load",

@@ -608,6 +608,29 @@ fn demo_token(sub: &str, age: u64, now: u64) -> String {
 }
 
 #[test]
+fn dev_token_mints_distinct_tokens_in_one_run() {
+    use base64::Engine as _;
+    let args = ["dev", "token", "--demo", "demo-2026-1", "--iss", "https://i", "--sub", "s", "--aud", "a"];
+    let r = meshward(&[&args[..], &["--now", "1800000000", "--jti", "load", "--count", "3"]].concat());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let jtis: Vec<String> = r
+        .stdout
+        .lines()
+        .map(|token| {
+            let payload = token.split('.').nth(1).unwrap();
+            let claims: Value = serde_json::from_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap(),
+            )
+            .unwrap();
+            claims["jti"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(jtis, ["load-1", "load-2", "load-3"]);
+    let r = meshward(&[&args[..], &["--count", "0"]].concat());
+    assert_eq!(r.code, 2, "no tokens is bad usage: {}", r.stderr);
+}
+
+#[test]
 fn explain_traces_every_rule() {
     let token = demo_token("spiffe://example.internal/ci/builder/web", 0, T);
     let r = meshward(&[

@@ -338,8 +338,18 @@ fn bad_rules_are_refused_with_their_field() {
         let err = compile(&k, json!([rule]), json!({})).err().unwrap_or_else(|| panic!("accepted {patch}"));
         assert_eq!(err.field, field, "{patch}: {err}");
     }
-    let dup = compile(&k, json!([base.clone(), base]), json!({})).err().unwrap();
+    let dup = compile(&k, json!([base.clone(), base.clone()]), json!({})).err().unwrap();
     assert_eq!(dup.field, "rules[1].id");
+    assert!(dup.message.ends_with("is used twice"), "{dup}");
+    // Errors come in rule order: a rule that does not compile before a later reused id, and a
+    // reused id before a later rule that does not compile.
+    let mut bad = base.clone();
+    bad["id"] = json!("another");
+    bad["hosts"] = json!([]);
+    let first = compile(&k, json!([base.clone(), bad.clone(), base.clone()]), json!({})).err().unwrap();
+    assert_eq!(first.field, "rules[1].hosts", "{first}");
+    let first = compile(&k, json!([base.clone(), base, bad]), json!({})).err().unwrap();
+    assert_eq!(first.field, "rules[1].id", "{first}");
 }
 
 /// The index must never change a decision: compare it with checking every rule in order.

@@ -313,6 +313,10 @@ pub enum DevCommand {
         /// Extra claim NAME=VALUE; VALUE is JSON if it parses as JSON, else a string. Repeatable.
         #[arg(long = "claim", value_name = "NAME=VALUE")]
         claims: Vec<String>,
+        /// Mint this many tokens, one a line, the n-th (from 1) with `jti` `JTI-n` (`token-n`
+        /// without --jti), so that they are distinct (load tests, cache sizing).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
     },
 }
 
@@ -354,7 +358,7 @@ pub fn run(command: DevCommand, out: &mut dyn std::io::Write) -> Result<(), Fail
             let refs: Vec<&SigningKey> = loaded.iter().collect();
             writeln!(out, "{}", jwks(&refs))?;
         }
-        DevCommand::Token { key, demo, iss, sub, aud, ttl, jti, now, age, claims } => {
+        DevCommand::Token { key, demo, iss, sub, aud, ttl, jti, now, age, claims, count } => {
             let key = match (key, demo) {
                 (Some(path), _) => load_key(&path)?,
                 (None, Some(kid)) => SigningKey::demo(&kid),
@@ -373,7 +377,15 @@ pub fn run(command: DevCommand, out: &mut dyn std::io::Write) -> Result<(), Fail
                 let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::from(value));
                 spec.claims.insert(name.to_owned(), value);
             }
-            writeln!(out, "{}", key.sign(&spec).map_err(fail)?)?;
+            if count == 1 {
+                writeln!(out, "{}", key.sign(&spec).map_err(fail)?)?;
+            } else {
+                let base = spec.token_id.take().unwrap_or_else(|| "token".to_owned());
+                for n in 1..=count {
+                    spec.token_id = Some(format!("{base}-{n}"));
+                    writeln!(out, "{}", key.sign(&spec).map_err(fail)?)?;
+                }
+            }
         }
     }
     Ok(())

@@ -351,7 +351,7 @@ pub fn decide(bundle: &Bundle, probe: &Probe) -> Decision {
                 token_id: None,
                 expires_at: Some(probe.time.saturating_add(300)),
                 issued_at: Some(probe.time),
-                claims: probe.claims.clone(),
+                claims: probe.claims.clone().into(),
             })
         }
         _ => None,

@@ -332,7 +332,7 @@ impl Engine {
             token_id: recorded.token_id.map(str::to_owned),
             expires_at: recorded.expires_at,
             issued_at: None,
-            claims: serde_json::Map::new(),
+            claims: Default::default(),
         }))
     }
 

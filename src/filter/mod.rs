@@ -170,8 +170,15 @@ impl RootContext for Root {
                 return false;
             }
         };
+        // Both digests first, so the configuration (2 MB at 10,000 rules) is dropped once parsed
+        // rather than held while the rules compile.
+        let digest = crate::audit::sha256_hex(&bytes);
+        let policy_digest = crate::audit::policy_digest(&bytes);
         let started = now_millis();
-        let compiled = BundleConfig::from_json(&bytes).and_then(BundleConfig::compile);
+        let compiled = BundleConfig::from_json(&bytes).and_then(|bundle| {
+            drop(bytes);
+            bundle.compile()
+        });
         let configure_ms = now_millis().zip(started).map(|(end, start)| end.saturating_sub(start));
         let now = now_secs().unwrap_or(0);
         match compiled {
@@ -192,10 +199,9 @@ impl RootContext for Root {
                         "wasm"
                     }
                 };
-                let digest = crate::audit::sha256_hex(&bytes);
                 let slots = engine.settings().token_cache_entries;
                 engine.share_tokens(SharedTokens::new(Box::new(HostSharedData), &digest, slots));
-                let record = LoadRecord::new(&bytes, Ok(&engine), now)
+                let record = LoadRecord::with_digest(policy_digest, Ok(&engine), now)
                     .with_cost(configure_ms, Some(memory_bytes()))
                     .with_signature_backend(backend);
                 log(LogLevel::Info, &record.to_json());
@@ -227,7 +233,7 @@ impl RootContext for Root {
             Err(e) => {
                 // Returning false makes Envoy reject this configuration (and keep a previous one).
                 log(LogLevel::Error, &format!("configuration refused: {e}"));
-                log(LogLevel::Error, &LoadRecord::new(&bytes, Err(&e), now).to_json());
+                log(LogLevel::Error, &LoadRecord::with_digest(policy_digest, Err(&e), now).to_json());
                 false
             }
         }

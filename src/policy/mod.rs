@@ -17,6 +17,7 @@ pub mod registry;
 mod rule;
 
 use std::collections::HashSet;
+use std::rc::Rc;
 
 // The index is built from the bundle only; requests just look names up, so a fast hash is safe.
 use foldhash::HashMap;
@@ -24,8 +25,8 @@ use foldhash::HashMap;
 pub use pattern::{Glob, HostPattern, PathTemplate, Segment};
 use rule::Found;
 pub use rule::{
-    ConditionConfig, Effect, InvalidTime, Mismatch, Mode, PathConfig, RegistryConfig, Route, Rule,
-    RuleConfig, RuleError, Timestamp, MAX_ROUTES,
+    ConditionConfig, Effect, InvalidTime, Mismatch, Mode, PathConfig, RegistryConfig, Route, RouteParts,
+    Rule, RuleConfig, RuleError, Timestamp, MAX_ROUTES,
 };
 
 use crate::decision::{Decision, Reason};
@@ -82,7 +83,15 @@ pub struct Policy {
 impl Policy {
     /// Compiles rules, in bundle order.
     pub fn new(rules: Vec<Rule>) -> Self {
-        let mut filings = Vec::new();
+        // One filing per (route, host, method): sized once, as a vector grown by doubling would
+        // hold up to twice the room, and both buffers while it grows (megabytes at 10,000 rules,
+        // at the peak of configuration).
+        let count = rules
+            .iter()
+            .flat_map(|rule| rule.routes().iter().map(move |route| (rule.hosts().len(), route)))
+            .map(|(hosts, route)| hosts.saturating_mul(route.methods.as_ref().map_or(1, |m| m.len())))
+            .fold(0usize, usize::saturating_add);
+        let mut filings = Vec::with_capacity(count);
         let mut tokenless_filings = Vec::new();
         let mut unnumbered = false;
         let mut templates: HashMap<&PathTemplate, u32> = HashMap::default();
@@ -109,7 +118,8 @@ impl Policy {
                 };
                 let template = *templates.entry(&route.path).or_insert(next);
                 let entry = Entry { rule: rule_no, route: route_id, template };
-                let prefix: Vec<&str> = route.path.literal_prefix().collect();
+                // One copy per route, shared by its filings (one per host and method).
+                let prefix: Rc<[&str]> = route.path.literal_prefix().collect();
                 let anchor = Anchor::rarest(&Anchor::options(&route.path), &anchor_counts);
                 let methods: Vec<Option<&str>> = match &route.methods {
                     None => vec![None],
@@ -314,7 +324,7 @@ type FromEnd = (usize, Box<str>);
 struct Filing<'r> {
     host: &'r HostPattern,
     method: Option<&'r str>,
-    prefix: Vec<&'r str>,
+    prefix: Rc<[&'r str]>,
     anchor: Anchor<'r>,
     entry: Entry,
 }

@@ -73,12 +73,14 @@ enum GlobToken {
 /// workload under that path; `spiffe://prod.example/ns/*/sa/builder` one level only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Glob {
-    source: String,
+    source: Box<str>,
     shape: Shape,
-    /// Literal text before the first and after the last wildcard: most mismatches stop here.
-    prefix: String,
-    suffix: String,
-    tokens: Vec<GlobToken>,
+    /// The lengths of the literal text before the first and after the last wildcard (both ends of
+    /// `source`): most mismatches stop there. Lengths, not copies: a bundle holds many globs.
+    prefix_len: usize,
+    suffix_len: usize,
+    /// The general matcher's tokens; empty for the common shapes, which never run it.
+    tokens: Box<[GlobToken]>,
 }
 
 /// The common shapes, matched without running the general matcher.
@@ -100,26 +102,7 @@ impl Glob {
         if pattern.is_empty() {
             return Err("empty pattern".into());
         }
-        let bytes = pattern.as_bytes();
-        let mut tokens = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while let Some(&b) = bytes.get(i) {
-            if b == b'*' {
-                if bytes.get(i + 1) == Some(&b'*') {
-                    tokens.push(GlobToken::DoubleStar);
-                    i += 2;
-                    while bytes.get(i) == Some(&b'*') {
-                        i += 1;
-                    }
-                } else {
-                    tokens.push(GlobToken::Star);
-                    i += 1;
-                }
-            } else {
-                tokens.push(GlobToken::Byte(b));
-                i += 1;
-            }
-        }
+        let tokens = tokenize(pattern);
         let literal = |t: &GlobToken| match t {
             GlobToken::Byte(b) => Some(*b),
             _ => None,
@@ -135,9 +118,12 @@ impl Glob {
             ([GlobToken::Star], true) => Shape::PrefixSegment,
             _ => Shape::General,
         };
-        let text =
-            |b: Vec<u8>| String::from_utf8(b).map_err(|_| format!("pattern {pattern:?} splits a character"));
-        Ok(Glob { source: pattern.to_owned(), shape, prefix: text(prefix)?, suffix: text(suffix)?, tokens })
+        // Literal tokens are the pattern's own bytes, so both runs are its ends.
+        let splits = || format!("pattern {pattern:?} splits a character");
+        pattern.get(..prefix.len()).ok_or_else(splits)?;
+        pattern.get(pattern.len() - suffix.len()..).ok_or_else(splits)?;
+        let tokens = if shape == Shape::General { tokens.into_boxed_slice() } else { Box::default() };
+        Ok(Glob { source: pattern.into(), shape, prefix_len: prefix.len(), suffix_len: suffix.len(), tokens })
     }
 
     /// The pattern as written.
@@ -147,23 +133,29 @@ impl Glob {
 
     /// The literal text before the first wildcard.
     pub fn literal_prefix(&self) -> String {
-        self.prefix.clone()
+        self.prefix().to_owned()
+    }
+
+    fn prefix(&self) -> &str {
+        self.source.get(..self.prefix_len).unwrap_or_default()
+    }
+
+    fn suffix(&self) -> &str {
+        self.source.get(self.source.len().saturating_sub(self.suffix_len)..).unwrap_or_default()
     }
 
     /// Whether `text` matches. Never worse than O(len(text) x len(pattern)), with no allocation
     /// for patterns of up to 127 tokens; the common shapes cost a prefix comparison.
     pub fn matches(&self, text: &str) -> bool {
         match self.shape {
-            Shape::Literal => self.source == text,
+            Shape::Literal => *self.source == *text,
             Shape::Any => true,
-            Shape::PrefixAny => text.starts_with(&self.prefix),
-            Shape::PrefixSegment => {
-                text.strip_prefix(self.prefix.as_str()).is_some_and(|rest| !rest.contains('/'))
-            }
+            Shape::PrefixAny => text.starts_with(self.prefix()),
+            Shape::PrefixSegment => text.strip_prefix(self.prefix()).is_some_and(|rest| !rest.contains('/')),
             Shape::General => {
-                text.len() >= self.prefix.len() + self.suffix.len()
-                    && text.starts_with(&self.prefix)
-                    && text.ends_with(&self.suffix)
+                text.len() >= self.prefix_len + self.suffix_len
+                    && text.starts_with(self.prefix())
+                    && text.ends_with(self.suffix())
                     && self.run(text.as_bytes())
             }
         }
@@ -171,12 +163,19 @@ impl Glob {
 
     /// The general matcher: the set of pattern positions reachable after each byte, as a bitset.
     fn run(&self, text: &[u8]) -> bool {
-        let n = self.tokens.len();
+        // Only the general shape keeps its tokens (the others never need them here).
+        let tokenized;
+        let tokens: &[GlobToken] = if self.tokens.is_empty() {
+            tokenized = tokenize(&self.source);
+            &tokenized
+        } else {
+            &self.tokens
+        };
+        let n = tokens.len();
         if n >= 128 {
-            return self.run_large(text);
+            return run_large(tokens, text);
         }
-        let wild: u128 = self
-            .tokens
+        let wild: u128 = tokens
             .iter()
             .enumerate()
             .filter(|(_, t)| !matches!(t, GlobToken::Byte(_)))
@@ -193,7 +192,7 @@ impl Glob {
         let mut states = close(1);
         for &c in text {
             let mut next = 0u128;
-            for (i, token) in self.tokens.iter().enumerate() {
+            for (i, token) in tokens.iter().enumerate() {
                 if states & (1 << i) == 0 {
                     continue;
                 }
@@ -211,38 +210,63 @@ impl Glob {
         }
         states & (1 << n) != 0
     }
+}
 
-    /// The same matcher for very long patterns.
-    fn run_large(&self, text: &[u8]) -> bool {
-        let n = self.tokens.len();
-        let mut states = vec![false; n + 1];
-        let mut next = vec![false; n + 1];
-        set(&mut states, 0);
-        close(&self.tokens, &mut states);
-        for &c in text {
-            next.iter_mut().for_each(|s| *s = false);
-            let mut any = false;
-            for (i, token) in self.tokens.iter().enumerate() {
-                if !states.get(i).copied().unwrap_or(false) {
-                    continue;
+/// A pattern's tokens: bytes, and runs of `*` as one `*` or `**`.
+fn tokenize(pattern: &str) -> Vec<GlobToken> {
+    let bytes = pattern.as_bytes();
+    let mut tokens = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'*' {
+            if bytes.get(i + 1) == Some(&b'*') {
+                tokens.push(GlobToken::DoubleStar);
+                i += 2;
+                while bytes.get(i) == Some(&b'*') {
+                    i += 1;
                 }
-                let to = match token {
-                    GlobToken::Byte(b) if *b == c => i + 1,
-                    GlobToken::Star if c != b'/' => i,
-                    GlobToken::DoubleStar => i,
-                    _ => continue,
-                };
-                set(&mut next, to);
-                any = true;
+            } else {
+                tokens.push(GlobToken::Star);
+                i += 1;
             }
-            if !any {
-                return false;
-            }
-            std::mem::swap(&mut states, &mut next);
-            close(&self.tokens, &mut states);
+        } else {
+            tokens.push(GlobToken::Byte(b));
+            i += 1;
         }
-        states.get(n).copied().unwrap_or(false)
     }
+    tokens
+}
+
+/// The same matcher for very long patterns.
+fn run_large(tokens: &[GlobToken], text: &[u8]) -> bool {
+    let n = tokens.len();
+    let mut states = vec![false; n + 1];
+    let mut next = vec![false; n + 1];
+    set(&mut states, 0);
+    close(tokens, &mut states);
+    for &c in text {
+        next.iter_mut().for_each(|s| *s = false);
+        let mut any = false;
+        for (i, token) in tokens.iter().enumerate() {
+            if !states.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let to = match token {
+                GlobToken::Byte(b) if *b == c => i + 1,
+                GlobToken::Star if c != b'/' => i,
+                GlobToken::DoubleStar => i,
+                _ => continue,
+            };
+            set(&mut next, to);
+            any = true;
+        }
+        if !any {
+            return false;
+        }
+        std::mem::swap(&mut states, &mut next);
+        close(tokens, &mut states);
+    }
+    states.get(n).copied().unwrap_or(false)
 }
 
 fn set(states: &mut [bool], i: usize) {

@@ -1,6 +1,7 @@
 //! One rule: as written in a bundle (`RuleConfig`), and compiled (`Rule`).
 
 use std::collections::HashSet;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -427,10 +428,39 @@ pub const MAX_PATTERN_SEGMENTS: usize = 32;
 /// Methods a route covers: a list, or any (`None`).
 #[derive(Clone, Debug)]
 pub struct Route {
-    /// Exact method names; `None` for any method.
-    pub methods: Option<Vec<String>>,
-    /// The path pattern.
-    pub path: PathTemplate,
+    /// Exact method names; `None` for any method. Shared by every route with the same list.
+    pub methods: Option<Rc<[String]>>,
+    /// The path pattern. Shared by every route with an equal one.
+    pub path: Rc<PathTemplate>,
+}
+
+/// The method lists and path templates of the rules compiled so far, so that equal ones are
+/// kept once: the rules of a large bundle repeat a few of each (10,000 rules have 13,000 routes),
+/// and a copy per route was megabytes. Only needed while a bundle compiles.
+#[derive(Debug, Default)]
+pub struct RouteParts {
+    methods: HashSet<Rc<[String]>>,
+    paths: HashSet<Rc<PathTemplate>>,
+}
+
+impl RouteParts {
+    fn methods(&mut self, list: Vec<String>) -> Rc<[String]> {
+        if let Some(shared) = self.methods.get(list.as_slice()) {
+            return shared.clone();
+        }
+        let shared: Rc<[String]> = list.into();
+        self.methods.insert(shared.clone());
+        shared
+    }
+
+    fn path(&mut self, path: PathTemplate) -> Rc<PathTemplate> {
+        if let Some(shared) = self.paths.get(&path) {
+            return shared.clone();
+        }
+        let shared = Rc::new(path);
+        self.paths.insert(shared.clone());
+        shared
+    }
 }
 
 /// One compiled rule.
@@ -452,18 +482,20 @@ pub struct Rule {
     pub not_before: Option<u64>,
     /// Active until (unix seconds).
     pub expires_at: Option<u64>,
-    hosts: Vec<HostPattern>,
-    routes: Vec<Route>,
-    repositories: Vec<Glob>,
-    headers: Vec<(String, Test)>,
-    issuers: Vec<String>,
-    profiles: Vec<String>,
-    subjects: Vec<Glob>,
-    claims: Vec<(String, Test)>,
-    scopes: Vec<String>,
-    peers: Vec<Glob>,
+    // Boxed slices rather than vectors: exactly their size, and a word less each (a bundle holds
+    // thousands of rules, in one vector whose single allocation must find room at configuration).
+    hosts: Box<[HostPattern]>,
+    routes: Box<[Route]>,
+    repositories: Box<[Glob]>,
+    headers: Box<[(String, Test)]>,
+    issuers: Box<[String]>,
+    profiles: Box<[String]>,
+    subjects: Box<[Glob]>,
+    claims: Box<[(String, Test)]>,
+    scopes: Box<[String]>,
+    peers: Box<[Glob]>,
     max_token_age: Option<u64>,
-    captures: Vec<(String, Test)>,
+    captures: Box<[(String, Test)]>,
     needs_token: bool,
     /// Whether a host pattern names a port (which the index does not look at).
     host_ports: bool,
@@ -478,6 +510,17 @@ impl Rule {
         cfg: RuleConfig,
         issuer_names: &HashSet<String>,
         default_mode: Mode,
+    ) -> Result<Self, RuleError> {
+        Self::compile_sharing(cfg, issuer_names, default_mode, &mut RouteParts::default())
+    }
+
+    /// [`Rule::compile`], sharing method lists and path templates with the bundle's other rules
+    /// through `parts`.
+    pub fn compile_sharing(
+        cfg: RuleConfig,
+        issuer_names: &HashSet<String>,
+        default_mode: Mode,
+        parts: &mut RouteParts,
     ) -> Result<Self, RuleError> {
         let e = |field: &str, message: String| RuleError { field: field.to_owned(), message };
         if cfg.id.is_empty() {
@@ -524,8 +567,8 @@ impl Rule {
                 if cfg.effect == Effect::Allow {
                     version_check = Some(routes.len());
                     routes.push(Route {
-                        methods: Some(vec!["GET".into(), "HEAD".into()]),
-                        path: PathTemplate::exact(registry::BASE).map_err(|m| e("registry", m))?,
+                        methods: Some(parts.methods(vec!["GET".into(), "HEAD".into()])),
+                        path: parts.path(PathTemplate::exact(registry::BASE).map_err(|m| e("registry", m))?),
                     });
                 }
                 let mut seen = HashSet::new();
@@ -535,8 +578,8 @@ impl Rule {
                             continue;
                         }
                         routes.push(Route {
-                            methods: Some(methods.iter().map(|m| (*m).to_owned()).collect()),
-                            path: PathTemplate::template(template).map_err(|m| e("registry", m))?,
+                            methods: Some(parts.methods(methods.iter().map(|m| (*m).to_owned()).collect())),
+                            path: parts.path(PathTemplate::template(template).map_err(|m| e("registry", m))?),
                         });
                     }
                 }
@@ -559,7 +602,7 @@ impl Rule {
                             ));
                         }
                     }
-                    Some(cfg.methods.clone())
+                    Some(parts.methods(cfg.methods.clone()))
                 };
                 for (j, p) in cfg.paths.iter().enumerate() {
                     let path = match p {
@@ -568,7 +611,7 @@ impl Rule {
                         PathConfig::Template(p) => PathTemplate::template(p),
                     }
                     .map_err(|m| e(&format!("paths[{j}]"), m))?;
-                    routes.push(Route { methods: methods.clone(), path });
+                    routes.push(Route { methods: methods.clone(), path: parts.path(path) });
                 }
             }
         }
@@ -679,7 +722,9 @@ impl Rule {
         }
         let host_ports =
             hosts.iter().any(|h| matches!(h, HostPattern::ExactPort(..) | HostPattern::SuffixPort(..)));
-        let mut rule = Rule {
+        // Parsed and built vectors carry spare capacity (a one-element Vec holds four): boxed, they
+        // shed it (in place, cheaply), and a large bundle's rules take a quarter less memory.
+        let rule = Rule {
             id: cfg.id,
             owner: cfg.owner,
             description: cfg.description,
@@ -688,36 +733,22 @@ impl Rule {
             break_glass: cfg.break_glass,
             not_before,
             expires_at,
-            hosts,
-            routes,
-            repositories,
-            headers,
-            issuers: cfg.issuers,
-            profiles: cfg.profiles,
-            subjects,
-            claims,
-            scopes: cfg.scopes,
-            peers,
+            hosts: hosts.into_boxed_slice(),
+            routes: routes.into_boxed_slice(),
+            repositories: repositories.into_boxed_slice(),
+            headers: headers.into_boxed_slice(),
+            issuers: cfg.issuers.into_boxed_slice(),
+            profiles: cfg.profiles.into_boxed_slice(),
+            subjects: subjects.into_boxed_slice(),
+            claims: claims.into_boxed_slice(),
+            scopes: cfg.scopes.into_boxed_slice(),
+            peers: peers.into_boxed_slice(),
             max_token_age: cfg.max_token_age_seconds,
-            captures,
+            captures: captures.into_boxed_slice(),
             needs_token,
             host_ports,
             version_check,
         };
-        // Parsed and built vectors carry spare capacity (a one-element Vec holds four): a large
-        // bundle's rules take a quarter less memory without it. (Shrinking in place is cheap; a
-        // deep copy would cost as much again as compiling.)
-        rule.hosts.shrink_to_fit();
-        rule.routes.shrink_to_fit();
-        rule.repositories.shrink_to_fit();
-        rule.headers.shrink_to_fit();
-        rule.issuers.shrink_to_fit();
-        rule.profiles.shrink_to_fit();
-        rule.subjects.shrink_to_fit();
-        rule.claims.shrink_to_fit();
-        rule.scopes.shrink_to_fit();
-        rule.peers.shrink_to_fit();
-        rule.captures.shrink_to_fit();
         Ok(rule)
     }
 

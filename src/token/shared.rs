@@ -22,7 +22,6 @@
 //! one bundle is bounded by `slots * MAX_ENTRY_BYTES`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use crate::token::{Issuers, VerifiedToken};
 
@@ -160,7 +159,7 @@ struct Entry {
     token_id: Option<String>,
     expires_at: Option<u64>,
     issued_at: Option<u64>,
-    claims: Map<String, Value>,
+    claims: crate::token::claims::Claims,
 }
 
 /// Verified tokens in the host's shared data, for one bundle.

@@ -19,9 +19,10 @@ pub struct VerifiedToken {
     pub expires_at: Option<u64>,
     /// `iat`, unix seconds, if present.
     pub issued_at: Option<u64>,
-    /// Every other claim of the token (`aud`, `exp`, `nbf`, `iat`, `nonce`, ...), as the token
-    /// states it, with its JSON type.
-    pub claims: Map<String, Value>,
+    /// Every other claim of the token (`aud`, `nbf`, `nonce`, ...), as the token states it, with
+    /// its JSON type; `exp` and `iat` only when they are not the whole seconds of `expires_at` and
+    /// `issued_at` ([`VerifiedToken::claim`] reads them from there).
+    pub claims: claims::Claims,
 }
 
 /// A hex SHA-256 digest (as Envoy reports certificate digests) as unpadded base64url.
@@ -288,6 +289,13 @@ impl Issuers {
         for name in ["sub", "iss", "jti"] {
             payload.remove(name);
         }
+        // Nor `exp` and `iat` twice when the typed fields hold them exactly (an integer claim
+        // reads back the same from them); a cache holds thousands of tokens.
+        for (name, typed) in [("exp", expires_at), ("iat", issued_at)] {
+            if typed.is_some() && payload.get(name).and_then(Value::as_u64) == typed {
+                payload.remove(name);
+            }
+        }
         let token = VerifiedToken {
             issuer_name: issuer.name.clone(),
             profile: issuer.profile.name(),
@@ -296,7 +304,7 @@ impl Issuers {
             token_id: claims.jwt_id,
             expires_at,
             issued_at,
-            claims: payload,
+            claims: payload.into(),
         };
         issuer.check_age(&token, now)?;
         Ok(token)
