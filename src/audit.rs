@@ -199,7 +199,7 @@ fn json_opt_str(out: &mut String, value: Option<&str>) {
 /// everything else as it is.
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
-    if !crate::scan::contains_any(s.as_bytes(), b"\"\\", 0x20) {
+    if !crate::scan::contains_any(s.as_bytes(), *b"\"\\", 0x20) {
         // The common case: nothing to escape.
         out.push_str(s);
         out.push('"');

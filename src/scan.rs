@@ -15,7 +15,7 @@ fn has_less(w: u64, n: u8) -> bool {
 /// Whether `bytes` hold one of `targets` or a byte below `below` (0: none is), eight bytes at a
 /// time: a byte of `w ^ t * 0x01..01` is zero exactly where `w` holds `t`.
 #[inline]
-pub(crate) fn contains_any(bytes: &[u8], targets: &[u8], below: u8) -> bool {
+pub(crate) fn contains_any<const N: usize>(bytes: &[u8], targets: [u8; N], below: u8) -> bool {
     let mut words = bytes.chunks_exact(8);
     for chunk in &mut words {
         let mut word = [0u8; 8];
@@ -38,7 +38,7 @@ mod tests {
     fn the_word_search_finds_exactly_what_a_byte_search_finds() {
         // Every byte value at every position of strings of 0 to 24 bytes (both sides of a word
         // boundary and the remainder), over backgrounds of ordinary, high and low bytes.
-        let searches: [(&[u8], u8); 3] = [(b" \t", 0), (b"\"\\", 0x20), (b"", 0x80)];
+        let searches: [([u8; 2], u8); 3] = [(*b" \t", 0), (*b"\"\\", 0x20), ([0x80, 0x80], 0x80)];
         for (targets, below) in searches {
             for background in [b'a', b'.', 0x80, 0xff, 0x00, 0x21, 0x08, 0x0a, 0x1f, 0x20, 0x7f] {
                 for len in 0..=24 {

@@ -89,7 +89,7 @@ fn is_blank(byte: u8) -> bool {
 
 /// Whether `bytes` hold a space or a tab (a whole token is scanned on every request).
 fn has_blank(bytes: &[u8]) -> bool {
-    crate::scan::contains_any(bytes, b" \t", 0)
+    crate::scan::contains_any(bytes, *b" \t", 0)
 }
 
 /// The configured issuers, and the checks shared by all of them.
