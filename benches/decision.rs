@@ -243,13 +243,63 @@ criterion_group! {
 /// `MESHWARD_HOT_ITERATIONS=N` skips Criterion and runs `hot_iteration` (the `cached-EdDSA`
 /// request) N times, for the README's instruction-count breakdown under
 /// `valgrind --tool=callgrind --toggle-collect='*hot_iteration*'`.
+///
+/// `MESHWARD_COLD_ITERATIONS=N` runs `cold_iteration` N times: an RS256 token verified on every
+/// request (cache off) with a stand-in for Envoy's `verify_signature` that accepts without checking,
+/// so the count is everything meshward does on the cold path except the host's RSA check.
 fn main() {
     if let Ok(iterations) = std::env::var("MESHWARD_HOT_ITERATIONS") {
         hot_only(iterations.parse().expect("MESHWARD_HOT_ITERATIONS is a count"));
         return;
     }
+    if let Ok(iterations) = std::env::var("MESHWARD_COLD_ITERATIONS") {
+        cold_only(iterations.parse().expect("MESHWARD_COLD_ITERATIONS is a count"));
+        return;
+    }
     decision();
     Criterion::default().configure_from_args().final_summary();
+}
+
+/// Accepts every signature: the host's work is left out of the cold path's count.
+struct AcceptingHost;
+
+impl meshward::token::hostcrypto::SignatureHost for AcceptingHost {
+    fn verify(
+        &self,
+        _hash: meshward::token::hostcrypto::HashFunction,
+        spki_der: &[u8],
+        signature: &[u8],
+        message: &[u8],
+    ) -> Result<bool, meshward::token::hostcrypto::HostCryptoError> {
+        // What Envoy receives is built as it is for Envoy.
+        let arguments = meshward::token::hostcrypto::encode_arguments(
+            meshward::token::hostcrypto::HashFunction::Sha256,
+            spki_der,
+            signature,
+            message,
+        );
+        Ok(black_box(arguments).len() > 0)
+    }
+}
+
+fn cold_only(iterations: usize) {
+    const RULES: usize = 100;
+    let keys = Keys::generate();
+    let mut engine = compile(&bundle_json_with(&keys, RULES, json!({"token_cache_entries": 0})));
+    engine.set_signature_host(Box::new(AcceptingHost));
+    let authorization = format!("Bearer {}", keys.token(Algorithm::RS256));
+    let request = http_request(&authorization);
+    assert_eq!(check_allowed(&engine, &request, RULES), Some(false), "the cache is off");
+    for _ in 0..iterations {
+        cold_iteration(&engine, &request);
+    }
+}
+
+/// One cold request: verification (but the host's signature check) and decision.
+#[inline(never)]
+fn cold_iteration(engine: &Engine, request: &HttpRequest<'_>) {
+    let outcome = engine.authorize(black_box(request), black_box(NOW));
+    assert!(outcome.decision.allowed && outcome.cache_hit == Some(false), "{:?}", outcome.decision);
 }
 
 fn hot_only(iterations: usize) {

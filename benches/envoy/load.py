@@ -627,7 +627,7 @@ def configuration_figure(args, workdir: Path, jwks: dict, meshward: Path, token:
         sending = time.monotonic()
         statuses = envoy.requests(many_tokens, sending + CONFIG_TOKENS_TIMEOUT_S)
         sending_s = time.monotonic() - sending
-        cached = envoy.counters(MESHWARD_CACHE)
+        cached = envoy.settled_counters(MESHWARD_CACHE, [0, 0], sum(statuses.values()))
         memory_tokens = vm_memory(envoy)
     finally:
         envoy.stop()
