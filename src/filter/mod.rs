@@ -64,19 +64,18 @@ impl SharedStore for HostSharedData {
 #[derive(Default)]
 struct InfoLogged {
     writes: Cell<bool>,
-    /// When the host was last asked (unix ms); `None` before the first request.
-    asked_ms: Cell<Option<u64>>,
+    /// When the host was last asked (unix ms; 0: never).
+    asked_ms: Cell<u64>,
 }
 
 impl InfoLogged {
     /// Whether an info line written now would reach the log.
     fn at(&self, now_ms: u64) -> bool {
-        let stale = self.asked_ms.get().is_none_or(|asked| now_ms.saturating_sub(asked) >= 1000);
-        if stale {
+        if now_ms.saturating_sub(self.asked_ms.get()) >= 1000 {
             // Unknown (the host refused to say): write, as before this check existed.
             let level = crate::entry::host_log_level().unwrap_or(0);
             self.writes.set(level <= LogLevel::Info as u32);
-            self.asked_ms.set(Some(now_ms));
+            self.asked_ms.set(now_ms);
         }
         self.writes.get()
     }
@@ -170,10 +169,10 @@ impl RootContext for Root {
                 return false;
             }
         };
-        // Both digests first, so the configuration (2 MB at 10,000 rules) is dropped once parsed
-        // rather than held while the rules compile.
-        let digest = crate::audit::sha256_hex(&bytes);
-        let policy_digest = crate::audit::policy_digest(&bytes);
+        // The digest first, so the configuration (2 MB at 10,000 rules) is dropped once parsed
+        // rather than held while the rules compile. It names the bundle in the load record and
+        // namespaces the data shared with other VMs (the same digest `meshward check` prints).
+        let digest = crate::audit::policy_digest(&bytes);
         let started = now_millis();
         let compiled = BundleConfig::from_json(&bytes).and_then(|bundle| {
             drop(bytes);
@@ -201,7 +200,7 @@ impl RootContext for Root {
                 };
                 let slots = engine.settings().token_cache_entries;
                 engine.share_tokens(SharedTokens::new(Box::new(HostSharedData), &digest, slots));
-                let record = LoadRecord::with_digest(policy_digest, Ok(&engine), now)
+                let record = LoadRecord::with_digest(digest.clone(), Ok(&engine), now)
                     .with_cost(configure_ms, Some(memory_bytes()))
                     .with_signature_backend(backend);
                 log(LogLevel::Info, &record.to_json());
@@ -233,7 +232,7 @@ impl RootContext for Root {
             Err(e) => {
                 // Returning false makes Envoy reject this configuration (and keep a previous one).
                 log(LogLevel::Error, &format!("configuration refused: {e}"));
-                log(LogLevel::Error, &LoadRecord::with_digest(policy_digest, Err(&e), now).to_json());
+                log(LogLevel::Error, &LoadRecord::with_digest(digest, Err(&e), now).to_json());
                 false
             }
         }

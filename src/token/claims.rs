@@ -110,29 +110,24 @@ impl VerifiedToken {
 
 /// [`lookup`] at the top level, in a token's [`Claims`].
 fn lookup_claims<'a>(claims: &'a Claims, path: &str) -> Option<&'a Value> {
-    if let Some(v) = claims.get(path) {
-        return Some(v);
-    }
-    for (at, _) in path.rmatch_indices('.') {
-        let (name, rest) = (path.get(..at)?, path.get(at + 1..)?);
-        if let Some(Value::Object(inner)) = claims.get(name) {
-            if let Some(v) = lookup(inner, rest) {
-                return Some(v);
-            }
-        }
-    }
-    None
+    lookup_with(|name| claims.get(name), path)
 }
 
 /// Finds `path` in a claims object, preferring the longest dotted name at each level.
 pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
-    if let Some(v) = claims.get(path) {
+    lookup_with(|name| claims.get(name), path)
+}
+
+/// Finds `path` through `get` (the top level's members), then inside objects, preferring the
+/// longest dotted name at each level.
+fn lookup_with<'a>(get: impl Fn(&str) -> Option<&'a Value>, path: &str) -> Option<&'a Value> {
+    if let Some(v) = get(path) {
         return Some(v);
     }
     // Split points from the right, so the longest existing name is tried first.
     for (at, _) in path.rmatch_indices('.') {
         let (name, rest) = (path.get(..at)?, path.get(at + 1..)?);
-        if let Some(Value::Object(inner)) = claims.get(name) {
+        if let Some(Value::Object(inner)) = get(name) {
             if let Some(v) = lookup(inner, rest) {
                 return Some(v);
             }

@@ -16,7 +16,7 @@
 //! namespace, and by the key set's fingerprint), and on the clock only through `nbf`/`iat`, which
 //! only become easier to meet as time passes on the one clock the VMs of a process share.
 //!
-//! Keys: `meshward/<bundle sha256>/...`, so two bundles (or two plugins with different bundles in
+//! Keys: `meshward/<bundle policy digest>/...`, so two bundles (or two plugins with different bundles in
 //! one `vm_id`) never read each other's entries. Entries live in a fixed number of slots (a slot
 //! is overwritten by the next token hashing to it), each at most [`MAX_ENTRY_BYTES`]: the store of
 //! one bundle is bounded by `slots * MAX_ENTRY_BYTES`.
@@ -165,7 +165,7 @@ struct Entry {
 /// Verified tokens in the host's shared data, for one bundle.
 pub struct SharedTokens {
     store: Box<dyn SharedStore>,
-    /// `meshward/<bundle sha256>/`.
+    /// `meshward/<bundle policy digest>/`.
     namespace: String,
     slots: u64,
 }
@@ -271,7 +271,7 @@ impl SharedTokens {
 /// of its own fetch would be (`Issuer::fetch_completed`): only the HTTP round trip is shared.
 pub struct SharedFetches {
     store: Box<dyn SharedStore>,
-    /// `meshward/<bundle sha256>/`.
+    /// `meshward/<bundle policy digest>/`.
     namespace: String,
     /// This VM's lease value, so that it recognises its own claim.
     owner: u64,
