@@ -20,15 +20,13 @@ use crate::audit::{AuditRecord, KeyFetchRecord, LoadRecord};
 use crate::config::BundleConfig;
 use crate::decision::Reason;
 use crate::engine::{Engine, Outcome};
-use crate::request::HttpRequest;
+use crate::request::{HttpRequest, OwnedRequest};
 use crate::token::remote::FetchOutcome;
 use crate::token::shared::{SharedFetches, SharedStore, SharedTokens};
 
 mod metrics;
-mod request;
 mod signature;
 use metrics::Metrics;
-use request::OwnedRequest;
 use signature::EnvoySignatures;
 
 /// What the SDK's entry point (`entry.rs`) installs: the log level and the root context.
@@ -427,13 +425,11 @@ impl HttpContext for Stream {
             // No configuration: Envoy should not have created us, but fail closed if it did.
             return send_deny(None, Reason::InternalError, None);
         };
-        let (Ok(headers), Some(now_ms)) =
-            (hostcalls::get_map_bytes(MapType::HttpRequestHeaders), now_millis())
-        else {
+        let (Some(pairs), Some(now_ms)) = (crate::entry::request_header_pairs(), now_millis()) else {
             return send_deny(Some(&engine), Reason::InternalError, None);
         };
-        let request = OwnedRequest::from_headers(
-            headers,
+        let request = OwnedRequest::from_pairs(
+            pairs,
             if engine.policy().uses_peers() {
                 property(&["connection", "uri_san_peer_certificate"])
             } else {
@@ -445,6 +441,9 @@ impl HttpContext for Stream {
                 None
             },
         );
+        let Some(request) = request else {
+            return send_deny(Some(&engine), Reason::InternalError, None);
+        };
         let now = now_ms / 1000;
         let view = request.as_request();
         // Before the first remote key set, a request may wait for it instead of being refused.
