@@ -1569,6 +1569,25 @@ fn multiple_tokens_are_refused() {
     assert_eq!(bearer_token(&["Bearer a,b"]), Err(Reason::TokenMultiple));
     assert_eq!(bearer_token(&["Bearer a,"]), Err(Reason::TokenMultiple));
     assert_eq!(bearer_token(&["Basic x, Bearer a"]), Err(Reason::TokenMultiple));
+    // A comma wins over every other fault of the value, wherever it is: in the scheme, in an
+    // otherwise empty value, after a blank inside the token, or deep in a long token.
+    for value in ["Bear,er a", ",", "Bearer ,", "Bearer a b,c", "Bearer a\t,", "Bearer a+b,c"] {
+        assert_eq!(bearer_token(&[value]), Err(Reason::TokenMultiple), "{value:?}");
+    }
+    let long = "abcdefgh".repeat(40);
+    for at in [0, 7, 8, 150, long.len() - 1] {
+        let mut value = format!("Bearer {long}");
+        value.replace_range(7 + at..8 + at, ",");
+        assert_eq!(bearer_token(&[&value]), Err(Reason::TokenMultiple), "comma at {at}");
+        // A blank there instead: inside the token it is malformed; at either end it is trimmed.
+        value.replace_range(7 + at..8 + at, " ");
+        let expected = match at {
+            0 => Ok(&long[1..]),
+            at if at == long.len() - 1 => Ok(&long[..at]),
+            _ => Err(Reason::TokenMalformed),
+        };
+        assert_eq!(bearer_token(&[&value]), expected, "blank at {at}");
+    }
 
     let (valid, ops) = (ed_token(), ops_token());
     let one = format!("Bearer {valid}");
