@@ -175,6 +175,11 @@ impl Policy {
                 continue; // another route of a rule that already matched
             }
             let Some(rule) = self.rules.get(r as usize) else { continue };
+            // Candidates come in bundle order and each verdict keeps its first rule of an effect:
+            // a rule whose slots are taken in both verdicts cannot change the decision.
+            if with_dry_run.has(rule.effect) && (rule.mode == Mode::DryRun || enforced.has(rule.effect)) {
+                continue;
+            }
             let Some(path) = rule.routes().get(route as usize).map(|r| &r.path) else { continue };
             // The index walked the literal segments of the path and found the anchor segment:
             // for a prefix, or a prefix then `**/<segment>/**`, that is the match.
@@ -197,6 +202,10 @@ impl Policy {
             with_dry_run.note(r, rule);
             if rule.mode == Mode::Enforce {
                 enforced.note(r, rule);
+            }
+            if enforced.deny.is_some() {
+                // A deny decides both verdicts (`with_dry_run` noted it too, or an earlier one).
+                break;
             }
         }
         let decision = enforced.decision(&self.rules);
@@ -242,6 +251,13 @@ struct Verdict {
 }
 
 impl Verdict {
+    fn has(&self, effect: Effect) -> bool {
+        match effect {
+            Effect::Allow => self.allow.is_some(),
+            Effect::Deny => self.deny.is_some(),
+        }
+    }
+
     fn note(&mut self, r: u32, rule: &Rule) {
         let slot = match rule.effect {
             Effect::Allow => &mut self.allow,
