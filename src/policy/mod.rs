@@ -16,6 +16,8 @@ pub mod pattern;
 pub mod registry;
 mod rule;
 
+use std::cell::RefCell;
+use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::rc::Rc;
 
@@ -78,6 +80,8 @@ pub struct Policy {
     condition_headers: HashSet<String>,
     /// A rule or route could not be numbered for the index: every request is denied.
     unnumbered: bool,
+    /// The candidate list of the last evaluation, kept for its capacity: no allocation per request.
+    scratch: RefCell<Vec<Entry>>,
 }
 
 impl Policy {
@@ -138,7 +142,7 @@ impl Policy {
         }
         let index = Index::build(filings);
         let tokenless = Index::build(tokenless_filings);
-        Policy { rules, index, tokenless, condition_headers, unnumbered }
+        Policy { rules, index, tokenless, condition_headers, unnumbered, scratch: RefCell::default() }
     }
 
     /// Whether any rule reads the mTLS peer identity (so the filter fetches it only then).
@@ -158,7 +162,29 @@ impl Policy {
         }
         // Without a token only tokenless rules can match (the others would each fail on it).
         let index = if input.token.is_some() { &self.index } else { &self.tokenless };
-        let mut candidates = index.candidates(&input.target.host, &input.target.method, &input.target.path);
+        // The path's segments, on the stack for all but the deepest paths.
+        let path = &input.target.path;
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        let mut inline = [""; INLINE_SEGMENTS];
+        let mut count = 0;
+        let mut split = pattern::path_segments(rest);
+        for (slot, segment) in inline.iter_mut().zip(split.by_ref()) {
+            *slot = segment;
+            count += 1;
+        }
+        let spilled: Vec<&str>;
+        let segments: &[&str] = if count == INLINE_SEGMENTS && split.next().is_some() {
+            spilled = pattern::path_segments(rest).collect();
+            &spilled
+        } else {
+            inline.get(..count).unwrap_or_default()
+        };
+        // The scratch list is only busy if evaluate were re-entered: then a fresh one does.
+        let mut fresh = Vec::new();
+        let mut scratch = self.scratch.try_borrow_mut().ok();
+        let candidates = scratch.as_deref_mut().unwrap_or(&mut fresh);
+        candidates.clear();
+        index.candidates(&input.target.host, &input.target.method, segments, candidates);
         // Bundle order decides which allow rule is reported; each (rule, route) once.
         candidates.sort_unstable();
         candidates.dedup();
@@ -170,7 +196,7 @@ impl Policy {
         // request meets a few templates: a list searched in order costs less than hashing.
         let mut matches: Vec<(u32, Option<pattern::Captures<'_>>)> = Vec::new();
         let no_captures = pattern::Captures::new();
-        for Entry { rule: r, route, template } in candidates {
+        for &Entry { rule: r, route, template } in candidates.iter() {
             if last_rule == Some(r) {
                 continue; // another route of a rule that already matched
             }
@@ -278,6 +304,9 @@ impl Verdict {
     }
 }
 
+/// Path segments kept on the stack while the index is searched (deeper paths take a vector).
+const INLINE_SEGMENTS: usize = 16;
+
 /// A (rule, route) pair in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
@@ -299,12 +328,15 @@ struct Index {
     exact: HashMap<Box<str>, MethodIndex>,
     /// Keyed by the suffix with its leading dot (`.example.com`).
     suffix: HashMap<Box<str>, MethodIndex>,
+    /// The lengths of `suffix`'s keys (255 for any longer), as a bit set: a request's host has
+    /// several suffixes, and most have a length no key has, so need no lookup.
+    suffix_lengths: [u64; 4],
     any: MethodIndex,
 }
 
 #[derive(Debug, Default)]
 struct MethodIndex {
-    /// Sorted by method.
+    /// Sorted by method, in [`key_order`].
     by_method: Vec<(Box<str>, PathTrie)>,
     any: PathTrie,
 }
@@ -322,9 +354,9 @@ struct PathTrie {
     /// The distinct distances of `from_end`.
     distances: Box<[usize]>,
     /// Routes with a literal segment somewhere after this node's (between two `**`): sorted by
-    /// segment. `/**/x/**` is filed under `x`.
+    /// segment, in [`key_order`]. `/**/x/**` is filed under `x`.
     inner: Box<[(Box<str>, Entries)]>,
-    /// Sorted by segment.
+    /// Sorted by segment, in [`key_order`].
     children: Box<[(Box<str>, PathTrie)]>,
 }
 
@@ -400,10 +432,27 @@ fn host_key(host: &HostPattern) -> (HostTable, &str) {
     }
 }
 
-/// Finds `key` in a slice sorted by key.
+/// The order of the index's sorted keys: by length, then text, so that most comparisons with a
+/// key that is not there stop at the length.
+fn key_order(a: &str, b: &str) -> Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// Sorts a node's keyed list in [`key_order`].
+fn sort_keys<V>(list: &mut [(Box<str>, V)]) {
+    list.sort_unstable_by(|(a, _), (b, _)| key_order(a, b));
+}
+
+/// Finds `key` in a slice sorted in [`key_order`].
 fn find<'a, V>(sorted: &'a [(Box<str>, V)], key: &str) -> Option<&'a V> {
-    let at = sorted.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+    let at = sorted.binary_search_by(|(k, _)| key_order(k, key)).ok()?;
     sorted.get(at).map(|(_, v)| v)
+}
+
+/// The bit of a suffix length in [`Index::suffix_lengths`].
+fn length_bit(len: usize) -> (usize, u64) {
+    let len = len.min(255);
+    (len / 64, 1u64 << (len % 64))
 }
 
 impl Index {
@@ -420,6 +469,10 @@ impl Index {
                     index.exact.insert(h.into(), methods);
                 }
                 (HostTable::Suffix, s) => {
+                    let (word, bit) = length_bit(s.len());
+                    if let Some(w) = index.suffix_lengths.get_mut(word) {
+                        *w |= bit;
+                    }
                     index.suffix.insert(s.into(), methods);
                 }
                 (HostTable::Any, _) => index.any = methods,
@@ -430,14 +483,13 @@ impl Index {
         index
     }
 
-    fn candidates(&self, host: &str, method: &str, path: &str) -> Vec<Entry> {
-        let mut out = Vec::with_capacity(16);
-        let segments: Vec<&str> = pattern::path_segments(path.strip_prefix('/').unwrap_or(path)).collect();
+    /// Adds to `out` the routes filed for a request (its path given as its segments).
+    fn candidates(&self, host: &str, method: &str, segments: &[&str], out: &mut Vec<Entry>) {
         let mut visit = |m: &MethodIndex| {
             if let Some(trie) = find(&m.by_method, method) {
-                trie.collect(&segments, &mut out);
+                trie.collect(segments, out);
             }
-            m.any.collect(&segments, &mut out);
+            m.any.collect(segments, out);
         };
         if let Some(m) = self.exact.get(host) {
             visit(m);
@@ -445,13 +497,16 @@ impl Index {
         if !self.suffix.is_empty() {
             // `*.example.com` covers names below `example.com`, never `.example.com` itself.
             for (at, _) in host.match_indices('.').filter(|&(at, _)| at > 0) {
+                let (word, bit) = length_bit(host.len() - at);
+                if self.suffix_lengths.get(word).is_some_and(|w| w & bit == 0) {
+                    continue;
+                }
                 if let Some(m) = host.get(at..).and_then(|suffix| self.suffix.get(suffix)) {
                     visit(m);
                 }
             }
         }
         visit(&self.any);
-        out
     }
 }
 
@@ -466,6 +521,7 @@ impl MethodIndex {
                 None => index.any = trie,
             }
         }
+        sort_keys(&mut index.by_method);
         index.by_method.shrink_to_fit();
         index
     }
@@ -477,16 +533,17 @@ impl PathTrie {
     fn build(filings: &[Filing<'_>], depth: usize) -> Self {
         let here_count = filings.iter().take_while(|f| f.prefix.len() == depth).count();
         let (here, below) = filings.split_at(here_count);
-        let children = below
+        let mut children: Vec<(Box<str>, PathTrie)> = below
             .chunk_by(|a, b| a.prefix.get(depth) == b.prefix.get(depth))
             .filter_map(|group| {
                 let segment = group.first()?.prefix.get(depth)?;
                 Some(((*segment).into(), PathTrie::build(group, depth + 1)))
             })
             .collect();
+        sort_keys(&mut children);
         let mut anchored: Vec<(Anchor<'_>, Entry)> = here.iter().map(|f| (f.anchor, f.entry)).collect();
         anchored.sort_unstable();
-        let mut node = PathTrie { children, ..PathTrie::default() };
+        let mut node = PathTrie { children: children.into(), ..PathTrie::default() };
         let (mut plain, mut from_end, mut inner) = (Vec::new(), Vec::new(), Vec::new());
         for group in anchored.chunk_by(|a, b| a.0 == b.0) {
             let entries: Entries = group.iter().map(|(_, e)| *e).collect();
@@ -501,6 +558,7 @@ impl PathTrie {
         node.here = plain.into();
         node.from_end = from_end.into();
         node.distances = distances.into();
+        sort_keys(&mut inner);
         node.inner = inner.into();
         node
     }
