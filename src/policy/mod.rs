@@ -17,7 +17,6 @@ pub mod registry;
 mod rule;
 
 use std::cell::RefCell;
-use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::rc::Rc;
 
@@ -336,7 +335,7 @@ struct Index {
 
 #[derive(Debug, Default)]
 struct MethodIndex {
-    /// Sorted by method, in [`key_order`].
+    /// Sorted by method.
     by_method: Vec<(Box<str>, PathTrie)>,
     any: PathTrie,
 }
@@ -354,9 +353,9 @@ struct PathTrie {
     /// The distinct distances of `from_end`.
     distances: Box<[usize]>,
     /// Routes with a literal segment somewhere after this node's (between two `**`): sorted by
-    /// segment, in [`key_order`]. `/**/x/**` is filed under `x`.
+    /// segment. `/**/x/**` is filed under `x`.
     inner: Box<[(Box<str>, Entries)]>,
-    /// Sorted by segment, in [`key_order`].
+    /// Sorted by segment.
     children: Box<[(Box<str>, PathTrie)]>,
 }
 
@@ -432,20 +431,9 @@ fn host_key(host: &HostPattern) -> (HostTable, &str) {
     }
 }
 
-/// The order of the index's sorted keys: by length, then text, so that most comparisons with a
-/// key that is not there stop at the length.
-fn key_order(a: &str, b: &str) -> Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
-}
-
-/// Sorts a node's keyed list in [`key_order`].
-fn sort_keys<V>(list: &mut [(Box<str>, V)]) {
-    list.sort_unstable_by(|(a, _), (b, _)| key_order(a, b));
-}
-
-/// Finds `key` in a slice sorted in [`key_order`].
+/// Finds `key` in a slice sorted by key.
 fn find<'a, V>(sorted: &'a [(Box<str>, V)], key: &str) -> Option<&'a V> {
-    let at = sorted.binary_search_by(|(k, _)| key_order(k, key)).ok()?;
+    let at = sorted.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
     sorted.get(at).map(|(_, v)| v)
 }
 
@@ -521,7 +509,6 @@ impl MethodIndex {
                 None => index.any = trie,
             }
         }
-        sort_keys(&mut index.by_method);
         index.by_method.shrink_to_fit();
         index
     }
@@ -533,17 +520,16 @@ impl PathTrie {
     fn build(filings: &[Filing<'_>], depth: usize) -> Self {
         let here_count = filings.iter().take_while(|f| f.prefix.len() == depth).count();
         let (here, below) = filings.split_at(here_count);
-        let mut children: Vec<(Box<str>, PathTrie)> = below
+        let children = below
             .chunk_by(|a, b| a.prefix.get(depth) == b.prefix.get(depth))
             .filter_map(|group| {
                 let segment = group.first()?.prefix.get(depth)?;
                 Some(((*segment).into(), PathTrie::build(group, depth + 1)))
             })
             .collect();
-        sort_keys(&mut children);
         let mut anchored: Vec<(Anchor<'_>, Entry)> = here.iter().map(|f| (f.anchor, f.entry)).collect();
         anchored.sort_unstable();
-        let mut node = PathTrie { children: children.into(), ..PathTrie::default() };
+        let mut node = PathTrie { children, ..PathTrie::default() };
         let (mut plain, mut from_end, mut inner) = (Vec::new(), Vec::new(), Vec::new());
         for group in anchored.chunk_by(|a, b| a.0 == b.0) {
             let entries: Entries = group.iter().map(|(_, e)| *e).collect();
@@ -558,7 +544,6 @@ impl PathTrie {
         node.here = plain.into();
         node.from_end = from_end.into();
         node.distances = distances.into();
-        sort_keys(&mut inner);
         node.inner = inner.into();
         node
     }
