@@ -812,3 +812,107 @@ mod documented_semantics {
         assert!(cases == 2400 && allowed_n > 200 && denied_n > 100, "{cases} {allowed_n} {denied_n}");
     }
 }
+
+#[test]
+fn later_rules_keep_deny_precedence_bundle_order_and_dry_run_reports() {
+    let k = key();
+    // Evaluation stops looking at rules that can no longer change the decision: a deny listed
+    // after any number of allows, and dry-run rules before enforced ones, must still count.
+    let rules = json!([
+        {"id": "dry-allow", "mode": "dry-run", "hosts": ["api.test"], "methods": ["GET"], "paths": [{"prefix": "/a"}], "subjects": ["**"]},
+        {"id": "allow-any", "hosts": ["*"], "methods": ["*"], "paths": [{"prefix": "/"}], "subjects": ["svc"]},
+        {"id": "allow-a", "hosts": ["api.test"], "methods": ["GET"], "paths": [{"prefix": "/a"}], "subjects": ["**"]},
+        {"id": "allow-a-later", "hosts": ["*.test"], "methods": ["GET"], "paths": [{"exact": "/a/b"}], "subjects": ["**"]},
+        {"id": "deny-dry", "effect": "deny", "mode": "dry-run", "hosts": ["*"], "methods": ["GET"], "paths": [{"template": "/a/{x}/secret"}], "subjects": ["**"]},
+        {"id": "deny-secret", "effect": "deny", "hosts": ["*.test"], "methods": ["*"], "paths": [{"template": "/a/**/secret"}], "subjects": ["**"]},
+        {"id": "deny-secret-later", "effect": "deny", "hosts": ["api.test"], "methods": ["GET"], "paths": [{"prefix": "/a/x"}], "subjects": ["other"]},
+        {"id": "deny-purge", "effect": "deny", "hosts": ["api.test"], "methods": ["PURGE"], "paths": [{"prefix": "/"}], "subjects": ["**"]},
+        {"id": "dry-deny-only", "effect": "deny", "mode": "dry-run", "hosts": ["api.test"], "methods": ["PUT"], "paths": [{"prefix": "/a"}], "subjects": ["**"]},
+    ]);
+    let engine = compile(&k, rules, json!({})).unwrap();
+    let svc = token(&k, "https://mesh.test", "svc", json!({}));
+    let other = token(&k, "https://mesh.test", "other", json!({}));
+    let decide = |method: &str, path: &str, t: &str| {
+        let o = Req::new(method, path, Some(t)).run(&engine);
+        let label = |d: &meshward::Decision| (d.reason, d.rule_label().to_string());
+        (label(&o.decision), o.dry_run.as_ref().map(label))
+    };
+    // The first allow in bundle order; the dry-run allow before it is reported.
+    assert_eq!(decide("GET", "/a/b", &svc), (allowed("allow-any"), Some(allowed("dry-allow"))),);
+    assert_eq!(decide("GET", "/a/b", &other), (allowed("allow-a"), Some(allowed("dry-allow"))));
+    // A deny after every allow still wins; the earlier dry-run deny is what dry-run reports.
+    assert_eq!(
+        decide("GET", "/a/1/secret", &svc),
+        ((Reason::PolicyDenied, "deny-secret".into()), Some((Reason::PolicyDenied, "deny-dry".into()))),
+    );
+    // Without the dry-run deny's shape (two segments between), the enforced deny is reported alone.
+    assert_eq!(decide("POST", "/a/1/2/secret", &svc), ((Reason::PolicyDenied, "deny-secret".into()), None));
+    // The first of two matching denies decides.
+    assert_eq!(decide("GET", "/a/x", &other), ((Reason::PolicyDenied, "deny-secret-later".into()), None));
+    assert_eq!(
+        decide("GET", "/a/x/secret", &other),
+        ((Reason::PolicyDenied, "deny-secret".into()), Some((Reason::PolicyDenied, "deny-dry".into()))),
+    );
+    // An unusual method: its deny, listed after the allow for every method.
+    assert_eq!(decide("PURGE", "/z", &svc), ((Reason::PolicyDenied, "deny-purge".into()), None));
+    // A dry-run deny after an enforced allow is still reported.
+    assert_eq!(
+        decide("PUT", "/a/b", &svc),
+        (allowed("allow-any"), Some((Reason::PolicyDenied, "dry-deny-only".into()))),
+    );
+}
+
+#[test]
+fn the_index_finds_keys_of_every_length() {
+    let k = key();
+    // Sibling path segments, methods and wildcard host suffixes of many lengths (the index skips
+    // suffix lengths it has no key of): each request must find exactly its own rule.
+    let segments = ["b", "a", "ab", "ba", "abc", "z", "zz", "aaaa", "b-long-segment", "c"];
+    let methods = ["GET", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "PURGE", "M", "PROPFIND", "HEAD"];
+    let suffixes = [
+        "x.test",
+        "y.test",
+        "xy.test",
+        "a.x.test",
+        "long-name.test",
+        "q.test",
+        "b.y.test",
+        "z.test",
+        "zz.test",
+        "c.test",
+    ];
+    let mut rules = Vec::new();
+    for (i, ((segment, method), suffix)) in segments.iter().zip(methods).zip(suffixes).enumerate() {
+        rules.push(json!({
+            "id": format!("r{i}"), "hosts": [format!("*.{suffix}")], "methods": [method],
+            "paths": [{"prefix": format!("/p/{segment}")}], "subjects": ["**"],
+        }));
+        rules.push(json!({
+            "id": format!("inner{i}"), "hosts": ["*"], "methods": ["*"],
+            "paths": [{"template": format!("/q/**/{segment}/**")}], "subjects": ["**"],
+        }));
+    }
+    let engine = compile(&k, json!(rules), json!({})).unwrap();
+    let t = token(&k, "https://mesh.test", "svc", json!({}));
+    for (i, ((segment, method), suffix)) in segments.iter().zip(methods).zip(suffixes).enumerate() {
+        let host = format!("h.{suffix}");
+        let path = format!("/p/{segment}/x");
+        let mut req = Req::new(method, &path, Some(&t));
+        req.host = &host;
+        assert_eq!(req.decide(&engine), allowed(&format!("r{i}")), "{method} {host}{path}");
+        // Every other method, host suffix and segment misses.
+        let other = (i + 1) % segments.len();
+        let mut wrong_method = Req::new(methods[other], &path, Some(&t));
+        wrong_method.host = &host;
+        assert_eq!(wrong_method.decide(&engine), denied(Reason::PolicyNoMatch), "{}", methods[other]);
+        let inner = format!("/q/1/{segment}/2");
+        assert_eq!(
+            Req::new("GET", &inner, Some(&t)).decide(&engine),
+            allowed(&format!("inner{i}")),
+            "{inner}"
+        );
+    }
+    let mut req = Req::new("GET", "/p/b/x", Some(&t));
+    req.host = "x.test";
+    assert_eq!(req.decide(&engine), denied(Reason::PolicyNoMatch), "a suffix does not cover itself");
+}

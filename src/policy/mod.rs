@@ -16,6 +16,7 @@ pub mod pattern;
 pub mod registry;
 mod rule;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
 
@@ -78,6 +79,8 @@ pub struct Policy {
     condition_headers: HashSet<String>,
     /// A rule or route could not be numbered for the index: every request is denied.
     unnumbered: bool,
+    /// The candidate list of the last evaluation, kept for its capacity: no allocation per request.
+    scratch: RefCell<Vec<Entry>>,
 }
 
 impl Policy {
@@ -138,7 +141,7 @@ impl Policy {
         }
         let index = Index::build(filings);
         let tokenless = Index::build(tokenless_filings);
-        Policy { rules, index, tokenless, condition_headers, unnumbered }
+        Policy { rules, index, tokenless, condition_headers, unnumbered, scratch: RefCell::default() }
     }
 
     /// Whether any rule reads the mTLS peer identity (so the filter fetches it only then).
@@ -158,7 +161,29 @@ impl Policy {
         }
         // Without a token only tokenless rules can match (the others would each fail on it).
         let index = if input.token.is_some() { &self.index } else { &self.tokenless };
-        let mut candidates = index.candidates(&input.target.host, &input.target.method, &input.target.path);
+        // The path's segments, on the stack for all but the deepest paths.
+        let path = &input.target.path;
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        let mut inline = [""; INLINE_SEGMENTS];
+        let mut count = 0;
+        let mut split = pattern::path_segments(rest);
+        for (slot, segment) in inline.iter_mut().zip(split.by_ref()) {
+            *slot = segment;
+            count += 1;
+        }
+        let spilled: Vec<&str>;
+        let segments: &[&str] = if count == INLINE_SEGMENTS && split.next().is_some() {
+            spilled = pattern::path_segments(rest).collect();
+            &spilled
+        } else {
+            inline.get(..count).unwrap_or_default()
+        };
+        // The scratch list is only busy if evaluate were re-entered: then a fresh one does.
+        let mut fresh = Vec::new();
+        let mut scratch = self.scratch.try_borrow_mut().ok();
+        let candidates = scratch.as_deref_mut().unwrap_or(&mut fresh);
+        candidates.clear();
+        index.candidates(&input.target.host, &input.target.method, segments, candidates);
         // Bundle order decides which allow rule is reported; each (rule, route) once.
         candidates.sort_unstable();
         candidates.dedup();
@@ -170,11 +195,16 @@ impl Policy {
         // request meets a few templates: a list searched in order costs less than hashing.
         let mut matches: Vec<(u32, Option<pattern::Captures<'_>>)> = Vec::new();
         let no_captures = pattern::Captures::new();
-        for Entry { rule: r, route, template } in candidates {
+        for &Entry { rule: r, route, template } in candidates.iter() {
             if last_rule == Some(r) {
                 continue; // another route of a rule that already matched
             }
             let Some(rule) = self.rules.get(r as usize) else { continue };
+            // Candidates come in bundle order and each verdict keeps its first rule of an effect:
+            // a rule whose slots are taken in both verdicts cannot change the decision.
+            if with_dry_run.has(rule.effect) && (rule.mode == Mode::DryRun || enforced.has(rule.effect)) {
+                continue;
+            }
             let Some(path) = rule.routes().get(route as usize).map(|r| &r.path) else { continue };
             // The index walked the literal segments of the path and found the anchor segment:
             // for a prefix, or a prefix then `**/<segment>/**`, that is the match.
@@ -197,6 +227,10 @@ impl Policy {
             with_dry_run.note(r, rule);
             if rule.mode == Mode::Enforce {
                 enforced.note(r, rule);
+            }
+            if enforced.deny.is_some() {
+                // A deny decides both verdicts (`with_dry_run` noted it too, or an earlier one).
+                break;
             }
         }
         let decision = enforced.decision(&self.rules);
@@ -242,6 +276,13 @@ struct Verdict {
 }
 
 impl Verdict {
+    fn has(&self, effect: Effect) -> bool {
+        match effect {
+            Effect::Allow => self.allow.is_some(),
+            Effect::Deny => self.deny.is_some(),
+        }
+    }
+
     fn note(&mut self, r: u32, rule: &Rule) {
         let slot = match rule.effect {
             Effect::Allow => &mut self.allow,
@@ -261,6 +302,9 @@ impl Verdict {
         }
     }
 }
+
+/// Path segments kept on the stack while the index is searched (deeper paths take a vector).
+const INLINE_SEGMENTS: usize = 16;
 
 /// A (rule, route) pair in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -283,6 +327,9 @@ struct Index {
     exact: HashMap<Box<str>, MethodIndex>,
     /// Keyed by the suffix with its leading dot (`.example.com`).
     suffix: HashMap<Box<str>, MethodIndex>,
+    /// The lengths of `suffix`'s keys (255 for any longer), as a bit set: a request's host has
+    /// several suffixes, and most have a length no key has, so need no lookup.
+    suffix_lengths: [u64; 4],
     any: MethodIndex,
 }
 
@@ -390,6 +437,12 @@ fn find<'a, V>(sorted: &'a [(Box<str>, V)], key: &str) -> Option<&'a V> {
     sorted.get(at).map(|(_, v)| v)
 }
 
+/// The bit of a suffix length in [`Index::suffix_lengths`].
+fn length_bit(len: usize) -> (usize, u64) {
+    let len = len.min(255);
+    (len / 64, 1u64 << (len % 64))
+}
+
 impl Index {
     fn build(mut filings: Vec<Filing<'_>>) -> Self {
         filings.sort_unstable_by(|a, b| {
@@ -404,6 +457,10 @@ impl Index {
                     index.exact.insert(h.into(), methods);
                 }
                 (HostTable::Suffix, s) => {
+                    let (word, bit) = length_bit(s.len());
+                    if let Some(w) = index.suffix_lengths.get_mut(word) {
+                        *w |= bit;
+                    }
                     index.suffix.insert(s.into(), methods);
                 }
                 (HostTable::Any, _) => index.any = methods,
@@ -414,14 +471,13 @@ impl Index {
         index
     }
 
-    fn candidates(&self, host: &str, method: &str, path: &str) -> Vec<Entry> {
-        let mut out = Vec::with_capacity(16);
-        let segments: Vec<&str> = pattern::path_segments(path.strip_prefix('/').unwrap_or(path)).collect();
+    /// Adds to `out` the routes filed for a request (its path given as its segments).
+    fn candidates(&self, host: &str, method: &str, segments: &[&str], out: &mut Vec<Entry>) {
         let mut visit = |m: &MethodIndex| {
             if let Some(trie) = find(&m.by_method, method) {
-                trie.collect(&segments, &mut out);
+                trie.collect(segments, out);
             }
-            m.any.collect(&segments, &mut out);
+            m.any.collect(segments, out);
         };
         if let Some(m) = self.exact.get(host) {
             visit(m);
@@ -429,13 +485,16 @@ impl Index {
         if !self.suffix.is_empty() {
             // `*.example.com` covers names below `example.com`, never `.example.com` itself.
             for (at, _) in host.match_indices('.').filter(|&(at, _)| at > 0) {
+                let (word, bit) = length_bit(host.len() - at);
+                if self.suffix_lengths.get(word).is_some_and(|w| w & bit == 0) {
+                    continue;
+                }
                 if let Some(m) = host.get(at..).and_then(|suffix| self.suffix.get(suffix)) {
                     visit(m);
                 }
             }
         }
         visit(&self.any);
-        out
     }
 }
 

@@ -1040,10 +1040,13 @@ fn capture<'p>(captures: &[(&str, &'p str)], name: &str) -> Option<&'p str> {
 impl VerifiedToken {
     /// Whether the token carries this scope (in `scope` or `scp`).
     pub fn has_scope(&self, scope: &str) -> bool {
-        match (self.claims.get("scope"), self.claims.get("scp")) {
-            (Some(Value::String(s)), _) => s.split(' ').any(|g| g == scope),
-            (_, Some(Value::Array(items))) => items.iter().any(|v| v.as_str() == Some(scope)),
-            (_, Some(Value::String(s))) => s.split(' ').any(|g| g == scope),
+        // A `scope` string wins; only without one is `scp` looked up (as in `scopes`).
+        if let Some(Value::String(s)) = self.claims.get("scope") {
+            return s.split(' ').any(|g| g == scope);
+        }
+        match self.claims.get("scp") {
+            Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(scope)),
+            Some(Value::String(s)) => s.split(' ').any(|g| g == scope),
             _ => false,
         }
     }
