@@ -291,7 +291,9 @@ mod tests {
     fn every_reason_is_listed_once_with_its_documented_code() {
         assert_eq!(Reason::ALL.len(), DOCUMENTED);
         let mut seen = std::collections::HashSet::new();
-        for reason in Reason::ALL {
+        for (at, reason) in Reason::ALL.into_iter().enumerate() {
+            // The filter's per-reason counters are indexed by `reason as usize`.
+            assert_eq!(reason as usize, at, "{reason:?}");
             let code = reason.code();
             assert_eq!(code, documented_code(reason));
             assert!(seen.insert(code), "duplicate code {code}");

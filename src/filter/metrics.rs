@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-use crate::decision::{Reason, Verdict};
+use crate::decision::{Decision, Reason, Verdict};
 use crate::engine::Outcome;
 
 /// Metric ids, defined once per VM.
 pub struct Metrics {
-    decisions: HashMap<(bool, Reason), u32>,
+    decisions: Vec<Option<u32>>,
     cache_hits: Option<u32>,
     cache_misses: Option<u32>,
     verifications: Option<u32>,
@@ -49,12 +49,9 @@ fn add(id: Option<u32>, n: i64) {
 impl Metrics {
     /// Defines every counter up front, so dashboards see zeros rather than missing series.
     pub fn define() -> Self {
-        let mut decisions = HashMap::new();
-        for reason in Reason::ALL {
-            if let Some(id) = counter(&reason.metric_name()) {
-                decisions.insert((reason.verdict() == Verdict::Allow, reason), id);
-            }
-        }
+        // Indexed by the reason (the enum's variants are in `Reason::ALL`'s order): a lookup on
+        // every request without hashing.
+        let decisions = Reason::ALL.iter().map(|reason| counter(&reason.metric_name())).collect();
         Metrics {
             decisions,
             cache_hits: counter("meshward.token_cache_hits_total"),
@@ -156,8 +153,12 @@ impl Metrics {
 
     /// Counts one decision.
     pub fn record(&self, outcome: &Outcome) {
-        let key = (outcome.decision.allowed, outcome.decision.reason);
-        self.count(self.decisions.get(&key).copied(), 1);
+        let Decision { allowed, reason, .. } = outcome.decision;
+        // Each reason has one verdict, so one counter; a decision whose `allowed` disagrees with
+        // its reason's verdict has none.
+        if allowed == (reason.verdict() == Verdict::Allow) {
+            self.count(self.decisions.get(reason as usize).copied().flatten(), 1);
+        }
         if outcome.dry_run.is_some() {
             self.count(self.dry_run_disagreements, 1);
         }
