@@ -304,28 +304,22 @@ fn undecodable() -> jwt_simple::Error {
     JWTError::CompactEncodingError.into()
 }
 
-/// An optional string member as serde reads an `Option<String>`: absent or `null` is `None`, any
-/// other type fails.
-fn string_member<'a>(
-    object: &'a Map<String, Value>,
-    name: &str,
-) -> Result<Option<&'a str>, jwt_simple::Error> {
-    match object.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(undecodable()),
+/// An optional string member as serde reads an `Option<String>`: `null` is `None`, any other type
+/// than a string fails.
+fn optional_string(value: &Value) -> Result<Option<&str>, jwt_simple::Error> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        _ => Err(undecodable()),
     }
 }
 
 /// An optional list of strings as serde reads an `Option<Vec<String>>`.
-fn strings_member<'a>(
-    object: &'a Map<String, Value>,
-    name: &str,
-) -> Result<Option<&'a [Value]>, jwt_simple::Error> {
-    match object.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Ok(Some(items)),
-        Some(_) => Err(undecodable()),
+fn optional_strings(value: &Value) -> Result<Option<&[Value]>, jwt_simple::Error> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Array(items) if items.iter().all(Value::is_string) => Ok(Some(items)),
+        _ => Err(undecodable()),
     }
 }
 
@@ -334,11 +328,7 @@ fn strings_member<'a>(
 /// float truncated toward zero (`as u64`: a negative float is 0); `null` and other types fail.
 /// `check_claim_types` refused all but non-negative numbers before the signature check already;
 /// the failures stay here, closed, for callers without it (the probe).
-fn timestamp_member(
-    payload: &Map<String, Value>,
-    name: &str,
-) -> Result<Option<UnixTimeStamp>, jwt_simple::Error> {
-    let Some(value) = payload.get(name) else { return Ok(None) };
+fn timestamp(value: &Value) -> Result<UnixTimeStamp, jwt_simple::Error> {
     // Our parse keeps serde_json's number kinds (u64, i64 for a negative integer, f64), the ones
     // jwt-simple's visitor receives from the same text.
     let Value::Number(number) = value else { return Err(undecodable()) };
@@ -348,7 +338,7 @@ fn timestamp_member(
         (None, false, Some(secs)) => float_secs(secs),
         (None, false, None) => return Err(undecodable()),
     };
-    Ok(Some(UnixTimeStamp::from_secs(secs)))
+    Ok(UnixTimeStamp::from_secs(secs))
 }
 
 /// A float NumericDate in whole seconds exactly as jwt-simple converts it (`value as _`): truncated
@@ -394,25 +384,36 @@ struct Registered<'a> {
 }
 
 impl<'a> Registered<'a> {
+    /// One pass over the payload's members (no lookups by name): each registered one as its serde
+    /// type reads it; the others are ignored, as `NoCustomClaims` ignores them.
     fn read(payload: &'a Map<String, Value>) -> Result<Self, jwt_simple::Error> {
-        let audiences = match payload.get("aud") {
-            None => None,
-            Some(Value::String(audience)) => Some(Audiences::One(audience)),
-            Some(Value::Array(items)) if items.iter().all(Value::is_string) => Some(Audiences::Set(items)),
-            Some(_) => return Err(undecodable()),
+        let mut claims = Registered {
+            issued_at: None,
+            expires_at: None,
+            invalid_before: None,
+            issuer: None,
+            audiences: None,
         };
-        // `sub`, `jti` and `nonce` are read for their types only: meshward requires no subject or
-        // nonce here (see `Expected`) and reads `sub` and `jti` from the payload itself.
-        for name in ["sub", "jti", "nonce"] {
-            string_member(payload, name)?;
+        for (name, value) in payload {
+            match name.as_str() {
+                "iat" => claims.issued_at = Some(timestamp(value)?),
+                "exp" => claims.expires_at = Some(timestamp(value)?),
+                "nbf" => claims.invalid_before = Some(timestamp(value)?),
+                "iss" => claims.issuer = optional_string(value)?,
+                // Read for their types only: meshward requires no subject or nonce here (see
+                // `Expected`) and reads `sub` and `jti` from the payload itself.
+                "sub" | "jti" | "nonce" => _ = optional_string(value)?,
+                "aud" => {
+                    claims.audiences = Some(match value {
+                        Value::String(audience) => Audiences::One(audience),
+                        Value::Array(items) if items.iter().all(Value::is_string) => Audiences::Set(items),
+                        _ => return Err(undecodable()),
+                    })
+                }
+                _ => {}
+            }
         }
-        Ok(Registered {
-            issued_at: timestamp_member(payload, "iat")?,
-            expires_at: timestamp_member(payload, "exp")?,
-            invalid_before: timestamp_member(payload, "nbf")?,
-            issuer: string_member(payload, "iss")?,
-            audiences,
-        })
+        Ok(claims)
     }
 
     /// The checks of jwt-simple's `JWTClaims::validate` (crate-private there) that meshward's options
@@ -466,15 +467,22 @@ pub(crate) fn verify_with(
     if jws.header_b64_len > MAX_HEADER_LENGTH {
         return Err(JWTError::HeaderTooLarge.into());
     }
-    let header = &jws.header;
-    let Some(Value::String(alg)) = header.get("alg") else { return Err(undecodable()) };
-    for name in ["cty", "kid", "jku", "jwk", "x5u", "x5t", "x5t#S256"] {
-        string_member(header, name)?;
+    // One pass over the header's members (no lookups by name), each known one read as its serde
+    // type in `JWTHeader` reads it.
+    let (mut alg, mut typ, mut salt, mut crit) = (None, None, None, None);
+    for (name, value) in &jws.header {
+        match name.as_str() {
+            "alg" => alg = Some(value.as_str().ok_or_else(undecodable)?),
+            "typ" => typ = optional_string(value)?,
+            "salt" => salt = optional_string(value)?,
+            "cty" | "kid" | "jku" | "jwk" | "x5u" | "x5t" | "x5t#S256" => _ = optional_string(value)?,
+            "crit" => crit = optional_strings(value)?,
+            "x5c" => _ = optional_strings(value)?,
+            _ => {}
+        }
     }
-    let typ = string_member(header, "typ")?;
-    let salt = string_member(header, "salt")?;
-    strings_member(header, "x5c")?;
-    if strings_member(header, "crit")?.is_some_and(|crit| !crit.is_empty()) {
+    let alg = alg.ok_or_else(undecodable)?;
+    if crit.is_some_and(|crit| !crit.is_empty()) {
         return Err(JWTError::UnknownCriticalExtension.into());
     }
     match (expected.signature_type, typ) {
