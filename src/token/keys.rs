@@ -107,7 +107,8 @@ pub(super) enum PublicKey {
 }
 
 /// jwt-simple parses only the registered claims it validates; every claim is kept once, from our own
-/// strict parse of the payload (`VerifiedToken::claims`).
+/// strict parse of the payload (`VerifiedToken::claims`). Named for [`verify_es512`], native only.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) type Claims = JWTClaims<NoCustomClaims>;
 
 impl PublicKey {
