@@ -2,6 +2,51 @@
 
 use super::*;
 
+/// A compact JWS with each part decoded once, strictly ([`decode_object`] for header and payload):
+/// what every later check reads, the signature checks of [`super::hostcrypto`] included, so nothing
+/// is decoded or parsed twice.
+pub(crate) struct Jws<'a> {
+    /// The protected header.
+    pub(crate) header: Map<String, Value>,
+    /// The claims.
+    pub(crate) payload: Map<String, Value>,
+    /// The signature bytes.
+    pub(crate) signature: Vec<u8>,
+    /// `header.payload` as the token spells them (base64url): the signed text.
+    pub(crate) signed: &'a str,
+    /// The length of the header's base64url text.
+    pub(crate) header_b64_len: usize,
+    /// The length of the whole token.
+    pub(crate) token_len: usize,
+}
+
+impl<'a> Jws<'a> {
+    /// Splits a compact JWS into its three parts (none empty) and decodes each.
+    pub(crate) fn decode(token: &'a str) -> Result<Self, Reason> {
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Reason::TokenMalformed);
+        };
+        if header_b64.is_empty() || payload_b64.is_empty() || signature_b64.is_empty() {
+            return Err(Reason::TokenMalformed);
+        }
+        let header = decode_object(header_b64)?;
+        let payload = decode_object(payload_b64)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| Reason::TokenMalformed)?;
+        let signed = token.get(..header_b64.len() + 1 + payload_b64.len()).ok_or(Reason::TokenMalformed)?;
+        Ok(Jws {
+            header,
+            payload,
+            signature,
+            signed,
+            header_b64_len: header_b64.len(),
+            token_len: token.len(),
+        })
+    }
+}
+
 /// Decodes one base64url segment into a JSON object, strictly: no padding, no stray bits, UTF-8,
 /// and no duplicate member names at any depth (RFC 7515 5.2 / RFC 8725 3.x).
 pub(super) fn decode_object(segment: &str) -> Result<Map<String, Value>, Reason> {

@@ -107,7 +107,8 @@ pub(super) enum PublicKey {
 }
 
 /// jwt-simple parses only the registered claims it validates; every claim is kept once, from our own
-/// strict parse of the payload (`VerifiedToken::claims`).
+/// strict parse of the payload (`VerifiedToken::claims`). Named for [`verify_es512`], native only.
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) type Claims = JWTClaims<NoCustomClaims>;
 
 impl PublicKey {
@@ -124,13 +125,16 @@ impl PublicKey {
         })
     }
 
+    /// Verifies `token` (decoded once as `jws`) with this key, as jwt-simple's `verify_token` does:
+    /// through jwt-simple itself, but Ed25519 (ed25519-dalek, on `jws`; see [`hostcrypto`]).
     pub(super) fn verify(
         &self,
         token: &str,
-        options: VerificationOptions,
-    ) -> Result<Claims, jwt_simple::Error> {
-        let options = Some(options);
-        match self {
+        jws: &Jws<'_>,
+        expected: &Expected<'_>,
+    ) -> Result<Times, jwt_simple::Error> {
+        let options = Some(expected.options());
+        let claims = match self {
             PublicKey::RS256(k) => k.verify_token(token, options),
             PublicKey::RS384(k) => k.verify_token(token, options),
             PublicKey::RS512(k) => k.verify_token(token, options),
@@ -144,13 +148,12 @@ impl PublicKey {
             // In the plugin only the host checks ES512 (see `Es512Key`): without it, refuse.
             #[cfg(target_arch = "wasm32")]
             PublicKey::ES512(_) => Err(JWTError::InvalidSignature.into()),
-            PublicKey::EdDSA(k) => {
-                hostcrypto::verify_ed25519(k, token, options.as_ref().unwrap_or(&Default::default()))
-            }
+            PublicKey::EdDSA(k) => return hostcrypto::verify_ed25519(k, jws, expected),
             PublicKey::HS256(k) => k.verify_token(token, options),
             PublicKey::HS384(k) => k.verify_token(token, options),
             PublicKey::HS512(k) => k.verify_token(token, options),
-        }
+        };
+        claims.map(|claims| Times::from(&claims))
     }
 
     /// What a host signature check needs, for the algorithms the host does (PKCS#1 v1.5, ECDSA).

@@ -40,7 +40,7 @@ use serde_json::{Map, Value};
 use std::cell::RefCell;
 
 use crate::decision::Reason;
-use hostcrypto::{HashFunction, HostCryptoError, HostKey, SignatureHost};
+use hostcrypto::{Expected, HashFunction, HostCryptoError, HostKey, SignatureHost, Times};
 use profile::Profile;
 use remote::{Fetch, FetchOutcome, RemoteJwksConfig, RemoteKeys};
 

@@ -144,20 +144,10 @@ impl Issuers {
         if token.len() > self.max_token_bytes {
             return Err(Reason::TokenTooLarge);
         }
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Reason::TokenMalformed);
-        };
-        if header_b64.is_empty() || payload_b64.is_empty() || signature_b64.is_empty() {
-            return Err(Reason::TokenMalformed);
-        }
-        let header = decode_object(header_b64)?;
-        let payload = decode_object(payload_b64)?;
-        if URL_SAFE_NO_PAD.decode(signature_b64).is_err() {
-            return Err(Reason::TokenMalformed);
-        }
+        // Each part decoded once: the checks here and the signature checks below read the same.
+        let jws = Jws::decode(token)?;
+        let header = &jws.header;
+        let payload = &jws.payload;
 
         let alg = match header.get("alg") {
             Some(Value::String(alg)) => alg,
@@ -192,16 +182,15 @@ impl Issuers {
             .filter(|a| issuer.algorithms.contains(a))
             .ok_or(Reason::TokenAlgorithmNotAllowed)?;
         let required_type = issuer.profile.check_type(header.get("typ"))?;
-        check_claim_types(&payload)?;
+        check_claim_types(payload)?;
 
-        let options = VerificationOptions {
-            required_signature_type: required_type,
-            artificial_time: Some(UnixTimeStamp::from_secs(now)),
-            time_tolerance: Some(Duration::from_secs(issuer.clock_skew_seconds)),
-            allowed_issuers: Some(HashSet::from([issuer.issuer.clone()])),
-            allowed_audiences: Some(issuer.audiences.clone()),
+        let expected = Expected {
+            now,
+            time_tolerance: issuer.clock_skew_seconds,
             max_token_length: Some(self.max_token_bytes),
-            ..Default::default()
+            signature_type: required_type.as_deref(),
+            issuer: Some(&issuer.issuer),
+            audiences: Some(&issuer.audiences),
         };
         // Only keys of the token's algorithm. A token naming a `kid` is checked with the key of that
         // kid first, then with keys published without a kid (RFC 7517 4.5 makes `kid` optional;
@@ -224,19 +213,21 @@ impl Issuers {
         let mut named_tried = false;
         // Whether any key was tried at all: a signature check counted by `take_signature_checks`.
         let mut tried = false;
-        let mut claims = None;
+        let mut times = None;
         for (is_named, key) in named.map(|k| (true, k)).chain(unnamed.map(|k| (false, k))) {
             named_tried |= is_named;
             tried = true;
+            // The host and Ed25519 checks mirror jwt-simple on the parts decoded above; every other
+            // key goes through jwt-simple itself, which decodes the token again.
             let verified = match (&self.signature_host, &key.host) {
                 (Some(host), Some(host_key)) => {
-                    hostcrypto::verify_token(host.as_ref(), host_key, alg.name(), token, &options)
+                    hostcrypto::verify_token(host.as_ref(), host_key, alg.name(), &jws, &expected)
                 }
-                _ => key.key.verify(token, options.clone()),
+                _ => key.key.verify(token, &jws, &expected),
             };
             match verified {
-                Ok(c) => {
-                    claims = Some(c);
+                Ok(t) => {
+                    times = Some(t);
                     break;
                 }
                 Err(e) if is_bad_signature(&e) => continue,
@@ -249,8 +240,8 @@ impl Issuers {
         if tried {
             self.signature_checks.set(self.signature_checks.get() + 1);
         }
-        let claims = match claims {
-            Some(c) => c,
+        let times = match times {
+            Some(t) => t,
             None if named_tried => return Err(Reason::TokenSignatureInvalid),
             None => {
                 // No key of this kid (kid-less keys, if any, did not verify it): perhaps the issuer
@@ -263,32 +254,38 @@ impl Issuers {
                 return Err(Reason::TokenKeyUnknown);
             }
         };
-        check_fractional_times(&payload, now, issuer.clock_skew_seconds)?;
+        check_fractional_times(payload, now, issuer.clock_skew_seconds)?;
 
         // Whole seconds: jwt-simple truncates a fractional NumericDate, which rounds `exp` down (exact
         // for a clock in whole seconds) and makes `iat` older (stricter for age limits).
-        let expires_at = claims.expires_at.map(|t| t.as_secs());
+        let Times { expires_at, issued_at } = times;
         if expires_at.is_none() && issuer.require_expiry {
             return Err(Reason::TokenExpiryMissing);
         }
-        let issued_at = claims.issued_at.map(|t| t.as_secs());
         if let Some(max) = issuer.max_lifetime_seconds {
             // On the token's own values, fractions included, so rounding never hides a second.
-            let (Some(iat), Some(exp)) = (time_claim(&payload, "iat"), time_claim(&payload, "exp")) else {
+            let (Some(iat), Some(exp)) = (time_claim(payload, "iat"), time_claim(payload, "exp")) else {
                 return Err(Reason::TokenClaimInvalid);
             };
             if exp - iat > max as f64 {
                 return Err(Reason::TokenLifetimeTooLong);
             }
         }
-        let subject = claims.subject.filter(|s| !s.is_empty()).ok_or(Reason::TokenClaimInvalid)?;
-        issuer.profile.check_claims(&subject, &payload, issued_at, claims.jwt_id.as_deref())?;
-        // Each claim is kept once: `sub`, `iss` and `jti` as typed fields, every other claim (`aud`,
-        // `exp`, `nbf`, `iat`, `nonce`, ...) in the map with its JSON type.
-        let mut payload = payload;
-        for name in ["sub", "iss", "jti"] {
-            payload.remove(name);
-        }
+        // Each claim is kept once: `sub`, `iss` and `jti` as typed fields (taken out of the map here;
+        // the profile's checks read neither from it), every other claim (`aud`, `exp`, `nbf`, `iat`,
+        // `nonce`, ...) in the map with its JSON type. `check_claim_types` made them strings if present.
+        let mut payload = jws.payload;
+        let subject = match payload.remove("sub") {
+            Some(Value::String(subject)) if !subject.is_empty() => subject,
+            _ => return Err(Reason::TokenClaimInvalid),
+        };
+        let token_id = match payload.remove("jti") {
+            None => None,
+            Some(Value::String(jti)) => Some(jti),
+            Some(_) => return Err(Reason::TokenClaimInvalid),
+        };
+        payload.remove("iss");
+        issuer.profile.check_claims(&subject, &payload, issued_at, token_id.as_deref())?;
         // Nor `exp` and `iat` twice when the typed fields hold them exactly (an integer claim
         // reads back the same from them); a cache holds thousands of tokens.
         for (name, typed) in [("exp", expires_at), ("iat", issued_at)] {
@@ -301,7 +298,7 @@ impl Issuers {
             profile: issuer.profile.name(),
             issuer: issuer.issuer.clone(),
             subject,
-            token_id: claims.jwt_id,
+            token_id,
             expires_at,
             issued_at,
             claims: payload.into(),

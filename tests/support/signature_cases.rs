@@ -336,3 +336,131 @@ pub fn cases(now: u64) -> Vec<Case> {
     });
     cases
 }
+
+/// Header members of every type jwt-simple's header parse meets, and claims at the edges of its
+/// claim parse and checks, for one PKCS#1 v1.5 and one ECDSA algorithm (host-checked) and for EdDSA
+/// (ed25519-dalek): tests/hostcrypto.rs holds every path to jwt-simple's answer. Not in [`cases`]:
+/// these test meshward's Rust, not the host's signature check, so Envoy need not run them.
+#[allow(dead_code, reason = "tests/hostcrypto.rs uses it, tests/e2e_hostcrypto.rs does not")]
+pub fn edge_cases(now: u64) -> Vec<Case> {
+    let k = keys();
+    let mut cases = Vec::new();
+    let pad = |n: usize| format!(r#","pad":"{}""#, "x".repeat(n));
+    let header_members: Vec<(String, String)> = [
+        ("x5c number", r#","x5c":5"#),
+        ("x5c strings", r#","x5c":["MIIB","MIIC"]"#),
+        ("x5c empty", r#","x5c":[]"#),
+        ("x5c list of numbers", r#","x5c":[1]"#),
+        ("x5c null", r#","x5c":null"#),
+        ("x5c string", r#","x5c":"MIIB""#),
+        ("jwk string", r#","jwk":"x""#),
+        ("jwk null", r#","jwk":null"#),
+        ("jku number", r#","jku":5"#),
+        ("jku string", r#","jku":"https://keys.example""#),
+        ("x5u object", r#","x5u":{}"#),
+        ("x5t true", r#","x5t":true"#),
+        ("x5t string", r#","x5t":"abc""#),
+        ("x5t#S256 list", r#","x5t#S256":[]"#),
+        ("x5t#S256 null", r#","x5t#S256":null"#),
+        ("salt number", r#","salt":3"#),
+        ("salt null", r#","salt":null"#),
+        ("salt empty", r#","salt":"""#),
+        ("salt stray bits", r#","salt":"AB""#),
+        ("salt one character", r#","salt":"AAAAA""#),
+        ("salt padded", r#","salt":"AA==""#),
+        ("salt standard alphabet", r#","salt":"a+/b""#),
+        ("typ number", r#","typ":5"#),
+        ("typ null", r#","typ":null"#),
+        ("typ lower-case jwt", r#","typ":"jwt""#),
+        ("typ application/example+jwt", r#","typ":"application/example+jwt""#),
+        ("typ JOSE", r#","typ":"JOSE""#),
+        ("crit null", r#","crit":null"#),
+        ("crit list of numbers", r#","crit":[5]"#),
+        ("cty null", r#","cty":null"#),
+        ("cty text", r#","cty":"text/plain""#),
+        ("unknown member object", r#","ext":{"a":[1,null]}"#),
+        ("unknown member null", r#","ext":null"#),
+        ("kid twice", r#","kid":"other""#),
+    ]
+    .into_iter()
+    .map(|(what, extra)| (what.to_string(), extra.to_string()))
+    .chain([("2 KB".to_string(), pad(2100)), ("7 KB".to_string(), pad(7000))])
+    .collect();
+    let raw = |edit: &str| {
+        // The standard payload with `edit` spliced in as JSON text (numbers as written).
+        let base = payload(now);
+        format!("{},{edit}}}", base.strip_suffix('}').unwrap())
+    };
+    let without = |name: &str, edit: &str| {
+        let mut claims: serde_json::Map<String, Value> = serde_json::from_str(&payload(now)).unwrap();
+        claims.remove(name);
+        let text = Value::Object(claims).to_string();
+        if edit.is_empty() {
+            text
+        } else {
+            format!("{},{edit}}}", text.strip_suffix('}').unwrap())
+        }
+    };
+    let skew = 30;
+    let claims: Vec<(String, String)> = vec![
+        ("exp fractional".into(), without("exp", &format!(r#""exp":{}.5"#, now + 300))),
+        ("exp with an exponent".into(), without("exp", &format!(r#""exp":{}e0"#, now + 300))),
+        ("exp at now - skew".into(), without("exp", &format!(r#""exp":{}"#, now - skew))),
+        ("exp at now - skew - 1".into(), without("exp", &format!(r#""exp":{}"#, now - skew - 1))),
+        ("exp at now - skew - 0.5".into(), without("exp", &format!(r#""exp":{}.5"#, now - skew - 1))),
+        ("exp at now - skew + 0.5".into(), without("exp", &format!(r#""exp":{}.5"#, now - skew))),
+        ("exp zero".into(), without("exp", r#""exp":0"#)),
+        ("exp after 2106".into(), without("exp", r#""exp":5000000000"#)),
+        ("exp after 2106 fractional".into(), without("exp", r#""exp":5000000000.25"#)),
+        ("exp negative".into(), without("exp", r#""exp":-1"#)),
+        ("exp negative fractional".into(), without("exp", r#""exp":-0.5"#)),
+        ("exp minus zero".into(), without("exp", r#""exp":-0"#)),
+        ("exp string".into(), without("exp", &format!(r#""exp":"{}""#, now + 300))),
+        ("exp null".into(), without("exp", r#""exp":null"#)),
+        ("iat fractional".into(), without("iat", &format!(r#""iat":{}.5"#, now))),
+        ("iat at now + skew".into(), without("iat", &format!(r#""iat":{}"#, now + skew))),
+        ("iat at now + skew + 1".into(), without("iat", &format!(r#""iat":{}"#, now + skew + 1))),
+        ("iat at now + skew + 0.5".into(), without("iat", &format!(r#""iat":{}.5"#, now + skew))),
+        ("iat absent".into(), without("iat", "")),
+        ("nbf at now + skew".into(), raw(&format!(r#""nbf":{}"#, now + skew))),
+        ("nbf at now + skew + 1".into(), raw(&format!(r#""nbf":{}"#, now + skew + 1))),
+        ("nbf at now + skew + 0.5".into(), raw(&format!(r#""nbf":{}.5"#, now + skew))),
+        ("nbf fractional past".into(), raw(&format!(r#""nbf":{}.25"#, now - 100))),
+        ("nbf object".into(), raw(r#""nbf":{}"#)),
+        ("aud list".into(), without("aud", &format!(r#""aud":["{AUD}"]"#))),
+        ("aud list twice".into(), without("aud", &format!(r#""aud":["{AUD}","{AUD}"]"#))),
+        ("aud list of others".into(), without("aud", r#""aud":["a","b"]"#)),
+        ("aud empty list".into(), without("aud", r#""aud":[]"#)),
+        ("aud list with a number".into(), without("aud", &format!(r#""aud":["{AUD}",5]"#))),
+        ("aud number".into(), without("aud", r#""aud":5"#)),
+        ("aud null".into(), without("aud", r#""aud":null"#)),
+        ("aud object".into(), without("aud", r#""aud":{}"#)),
+        ("aud empty string".into(), without("aud", r#""aud":"""#)),
+        ("sub null".into(), without("sub", r#""sub":null"#)),
+        ("sub number".into(), without("sub", r#""sub":5"#)),
+        ("sub empty".into(), without("sub", r#""sub":"""#)),
+        ("jti string".into(), raw(r#""jti":"id-1""#)),
+        ("jti number".into(), raw(r#""jti":5"#)),
+        ("nonce string".into(), raw(r#""nonce":"n""#)),
+        ("nonce number".into(), raw(r#""nonce":[]"#)),
+        ("iss null".into(), without("iss", r#""iss":null"#)),
+        ("unknown claims".into(), raw(r#""x":{"y":[1.5,null,true]},"z":-3"#)),
+    ];
+    let algs: [(&str, &str, Option<&RawKey>); 3] =
+        [("RS256", "rsa", Some(&k.rsa)), ("ES256", "p256", Some(&k.p256)), ("EdDSA", "ed", None)];
+    for (alg, kid, key) in algs {
+        let sign = |header: &str, payload: &str| match key {
+            Some(key) => token(header, payload, |m| key.sign(alg, m)),
+            None => k.ed.sign_raw(header, payload).unwrap(),
+        };
+        for (what, extra) in &header_members {
+            let header = format!(r#"{{"alg":"{alg}","kid":"{kid}"{extra}}}"#);
+            cases.push(Case { name: format!("{alg} header {what}"), token: sign(&header, &payload(now)) });
+        }
+        let header = format!(r#"{{"alg":"{alg}","kid":"{kid}"}}"#);
+        for (what, payload) in &claims {
+            cases.push(Case { name: format!("{alg} claims {what}"), token: sign(&header, payload) });
+        }
+    }
+    cases
+}
