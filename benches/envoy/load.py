@@ -16,6 +16,7 @@ Every setup runs in its own Envoy, all from the same binary, each with `--concur
   meshward-hot-noaudit   the same with audit_allow_sample_rate 0 (informational: the audit's share)
   jwt+rbac-nocache-ALG   jwt_authn without cache + the same rbac, for EdDSA, ES256, RS256, PS256, ES384
   meshward-cold-ALG      meshward with token_cache_entries 0, for the same algorithms
+  meshward-hot@NAME      with --variant NAME=MODULE: the hot setup with another build of the module
 
 The cold path re-verifies the one token of each request (both caches off): the same work as a new
 token on every request, without a token list. The policy is benches/decision.rs's 100-rule bundle
@@ -520,6 +521,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, 2 rounds")
     parser.add_argument("--only", metavar="SETUP,...",
                         help="run only these setups (passthrough, noop-wasm and floor, the baselines, always run)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=MODULE",
+                        help="also measure another build of meshward's module in the hot setup, as "
+                             "meshward-hot@NAME, interleaved with the rest (removal experiments: build the "
+                             "module without one step and compare); repeatable")
     parser.add_argument("--config-only", action="store_true",
                         help="only the configuration figure (10,000 rules: time, and memory with 10,000 "
                              "cached tokens); no load runs, no wrk")
@@ -556,12 +561,13 @@ def snapshot(module: str, workdir: Path) -> Path:
     return copy
 
 
-def make_setups(jwks: dict, meshward: Path, noop: Path, floor: Path) -> list[Setup]:
+def make_setups(jwks: dict, meshward: Path, noop: Path, floor: Path,
+                variants: dict[str, Path] | None = None) -> list[Setup]:
     rules = policy_rules(RULES)
     rbac = rbac_filters(rules)
 
-    def meshward_filter(settings: dict) -> list[dict]:
-        return [wasm_filter("meshward", meshward, bundle(f"bench-{RULES}", rules, jwks, settings))]
+    def meshward_filter(settings: dict, module: Path = meshward) -> list[dict]:
+        return [wasm_filter("meshward", module, bundle(f"bench-{RULES}", rules, jwks, settings))]
 
     setups = [
         Setup("passthrough", []),
@@ -574,6 +580,9 @@ def make_setups(jwks: dict, meshward: Path, noop: Path, floor: Path) -> list[Set
         Setup("meshward-hot-noaudit", meshward_filter({"audit_allow_sample_rate": 0}), auth=True,
               cache_stats=MESHWARD_CACHE, cached=True),
     ]
+    for name, module in (variants or {}).items():
+        setups.append(Setup(f"meshward-hot@{name}", meshward_filter({}, module), auth=True,
+                            cache_stats=MESHWARD_CACHE, cached=True))
     for alg in ALGORITHMS:
         setups.append(Setup(f"jwt+rbac-nocache-{alg}", [jwt_authn_filter(alg, jwks[alg], cache=False), *rbac],
                             alg=alg, auth=True))
@@ -695,6 +704,9 @@ def print_report(setups: list[Setup], config_lines: list[str], startup: dict[str
                 ("floor / jwt_authn (cached) + rbac", floor, "jwt+rbac", None)] if floor else []
     targets += [("hot path / no-op wasm", "meshward-hot", "noop-wasm", 0.95),
                ("hot path / jwt_authn (cached) + rbac", "meshward-hot", "jwt+rbac", 0.9)]
+    # A removal experiment: how much faster meshward is without the step the variant leaves out.
+    targets += [(f"{s.name} / meshward-hot", s.name, "meshward-hot", None)
+                for s in setups if s.name.startswith("meshward-hot@")]
     targets += [(f"cold {alg} / jwt_authn no cache {alg}", f"meshward-cold-{alg}", f"jwt+rbac-nocache-{alg}",
                  COLD_TARGETS[alg]) for alg in ALGORITHMS]
     for label, measured, baseline, required in targets:
@@ -742,9 +754,17 @@ def main() -> int:
                 print(f"  {line}")
             return 0
         noop, floor = snapshot(args.noop_wasm, workdir), snapshot(args.floor_wasm, workdir)
-        setups = make_setups(jwks, meshward, noop, floor)
+        variants = {}
+        for variant in args.variant:
+            name, _, module = variant.partition("=")
+            if not name or not module:
+                raise BenchError(f"--variant {variant}: expected NAME=MODULE")
+            (workdir / f"variant-{name}").mkdir()
+            variants[name] = snapshot(module, workdir / f"variant-{name}")
+        setups = make_setups(jwks, meshward, noop, floor, variants)
         if args.only:
-            wanted = {"passthrough", "noop-wasm", "floor", *args.only.split(",")}
+            wanted = {"passthrough", "noop-wasm", "floor", *args.only.split(","),
+                      *(f"meshward-hot@{name}" for name in variants)}
             unknown = wanted - {s.name for s in setups}
             if unknown:
                 raise BenchError(f"--only: no setup named {', '.join(sorted(unknown))}")
