@@ -16,18 +16,18 @@ fn has_less(w: u64, n: u8) -> bool {
 /// time: a byte of `w ^ t * 0x01..01` is zero exactly where `w` holds `t`.
 #[inline]
 pub(crate) fn contains_any<const N: usize>(bytes: &[u8], targets: [u8; N], below: u8) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    for chunk in &mut words {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(word);
+    // Fixed-size words (`as_chunks`): copying out a run-time-sized slice would compile to
+    // `memory.copy`, which V8 runs as a call into the host for every word.
+    let (words, rest) = bytes.as_chunks::<8>();
+    for word in words {
+        let w = u64::from_le_bytes(*word);
         if (below > 0 && has_less(w, below))
             || targets.iter().any(|&t| has_less(w ^ (ONES * u64::from(t)), 1))
         {
             return true;
         }
     }
-    words.remainder().iter().any(|b| *b < below || targets.contains(b))
+    rest.iter().any(|b| *b < below || targets.contains(b))
 }
 
 #[cfg(test)]

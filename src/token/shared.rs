@@ -108,17 +108,17 @@ fn siphash24_128(k0: u64, k1: u64, data: &[u8]) -> [u8; 16] {
         v[1] = v[1].rotate_left(17) ^ v[2];
         v[2] = v[2].rotate_left(32);
     }
-    let mut chunks = data.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let m = u64::from_le_bytes(word);
+    // Fixed-size words: a copy of a slice whose length is only known at run time compiles to
+    // `memory.copy`, which V8 runs as a call into Envoy (about 85 instructions for each word).
+    let (words, rest) = data.as_chunks::<8>();
+    for word in words {
+        let m = u64::from_le_bytes(*word);
         v[3] ^= m;
         round(&mut v);
         round(&mut v);
         v[0] ^= m;
     }
-    let tail = chunks.remainder().iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+    let tail = rest.iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
     let last = ((data.len() as u64) << 56) | tail;
     v[3] ^= last;
     round(&mut v);
