@@ -290,7 +290,7 @@ pub fn check_path(raw: &str) -> Result<&str, Reason> {
         }
         i += 1;
     };
-    let last = bytes.get(segment_start.min(end)..end).ok_or(Reason::RequestPathRejected)?;
+    let last = bytes.get(segment_start..end).ok_or(Reason::RequestPathRejected)?;
     if slashes > MAX_SEGMENTS || (!last.is_empty() && is_dot_or_empty_segment(last)) {
         return Err(Reason::RequestPathRejected);
     }

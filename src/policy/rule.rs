@@ -1040,24 +1040,28 @@ fn capture<'p>(captures: &[(&str, &'p str)], name: &str) -> Option<&'p str> {
 impl VerifiedToken {
     /// Whether the token carries this scope (in `scope` or `scp`).
     pub fn has_scope(&self, scope: &str) -> bool {
-        // A `scope` string wins; only without one is `scp` looked up (as in `scopes`).
-        if let Some(Value::String(s)) = self.claims.get("scope") {
-            return s.split(' ').any(|g| g == scope);
-        }
-        match self.claims.get("scp") {
-            Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(scope)),
+        match self.scope_claim() {
             Some(Value::String(s)) => s.split(' ').any(|g| g == scope),
+            Some(Value::Array(items)) => items.iter().any(|v| v.as_str() == Some(scope)),
             _ => false,
         }
     }
 
     /// The token's scopes: the space-separated `scope` claim (RFC 8693 / 9068) or the `scp` array.
     pub fn scopes(&self) -> Vec<&str> {
-        match (self.claims.get("scope"), self.claims.get("scp")) {
-            (Some(Value::String(s)), _) => s.split(' ').filter(|s| !s.is_empty()).collect(),
-            (_, Some(Value::Array(items))) => items.iter().filter_map(Value::as_str).collect(),
-            (_, Some(Value::String(s))) => s.split(' ').filter(|s| !s.is_empty()).collect(),
+        match self.scope_claim() {
+            Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).collect(),
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// The claim that holds the scopes: a `scope` string wins; only without one is `scp` looked up
+    /// (a list, or a space-separated string).
+    fn scope_claim(&self) -> Option<&Value> {
+        match self.claims.get("scope") {
+            scope @ Some(Value::String(_)) => scope,
+            _ => self.claims.get("scp"),
         }
     }
 }
